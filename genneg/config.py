@@ -1,0 +1,213 @@
+"""Run configuration: frozen attrs classes, read from and written to TOML through cattrs.
+
+One converter at the edges (``forbid_extra_keys``), so a typo names the key: ``genneg run
+checkerboard --set classifer.train.steps=10`` fails with ``extra fields found: classifer``.
+Component options (``denoiser.options`` etc.) are passed to the component's factory, whose
+keyword arguments are checked when the run builds it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+import attrs
+import cattrs
+import tomli_w
+from attrs import validators as v
+
+from genneg.classifier_loss import WEIGHTINGS
+
+
+def _positive(instance, attribute, value):
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(instance, attribute, value):
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ComponentSpec:
+    """A registered component by name, with the keyword options for its factory."""
+
+    name: str = attrs.field(validator=v.instance_of(str))
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class ProcessSpec:
+    """The noise process: ``edm`` (options of :class:`genneg.diffusion.edm.EDMConfig`) or ``vp``
+    (options of :class:`genneg.diffusion.vp.VPConfig`)."""
+
+    kind: str = attrs.field(default="edm", validator=v.in_(("edm", "vp")))
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """An optimisation loop: Adam, full steps, optional gradient clipping."""
+
+    steps: int = attrs.field(default=1000, validator=_non_negative)
+    batch_size: int = attrs.field(default=256, validator=_positive)
+    lr: float = attrs.field(default=3e-4, validator=_positive)
+    grad_clip: float = attrs.field(default=0.0, validator=_non_negative)
+    lr_warmup: int = attrs.field(default=0, validator=_non_negative)
+    log_every: int = attrs.field(default=100, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class SamplingConfig:
+    """Which registered sampler, with how many steps (``0``: the process' default)."""
+
+    sampler: str = "edm-heun"
+    steps: int = attrs.field(default=32, validator=_non_negative)
+    options: dict[str, Any] = attrs.field(factory=dict)
+    batch_size: int = attrs.field(default=4096, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class SynthConfig:
+    """Synthetic labelled data per Gen-neG iteration (Algorithm 1, inner while loop).
+
+    ``n_per_class`` is N: sampling continues until N positives and N negatives exist, or until
+    ``max_samples`` have been drawn (the sample budget); then the run stops with a message if
+    fewer than ``min_per_class`` negatives (or positives) were found, and otherwise trains on
+    what there is.
+    """
+
+    n_per_class: int = attrs.field(default=5000, validator=_positive)
+    max_samples: int = attrs.field(default=200_000, validator=_positive)
+    min_per_class: int = attrs.field(default=50, validator=_positive)
+    steps: int = attrs.field(default=0, validator=_non_negative)  # 0: as sampling.steps
+
+
+@attrs.frozen(kw_only=True)
+class ClassifierConfig:
+    """The guidance classifier, its loss weighting (Eq. 13 or an ablation) and scale."""
+
+    network: ComponentSpec
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+    weighting: str = attrs.field(default="is", validator=v.in_(WEIGHTINGS))
+    guidance_scale: float = 1.0
+
+
+@attrs.frozen(kw_only=True)
+class DistillConfig:
+    """Distillation of the stacked model into one denoiser (Eq. 14)."""
+
+    enabled: bool = True
+    distiller: str = "score-matching"
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class EvalConfig:
+    """Evaluation at every stage."""
+
+    n_samples: int = attrs.field(default=10_000, validator=_positive)
+    elbo_k: int = attrs.field(default=32, validator=_positive)
+    elbo_points: int = attrs.field(default=1000, validator=_positive)
+    elbo_split: str = attrs.field(default="test", validator=v.in_(("val", "test")))
+    plot_samples: int = attrs.field(default=4000, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    """Everything a Gen-neG run needs (Algorithm 1 plus evaluation)."""
+
+    name: str = "run"
+    seed: int = 0
+    device: str = "cpu"
+    data_root: str = "~/.cache/genneg"
+    dataset: ComponentSpec
+    oracle: ComponentSpec
+    process: ProcessSpec = attrs.field(factory=ProcessSpec)
+    denoiser: ComponentSpec
+    baseline: TrainConfig = attrs.field(factory=TrainConfig)
+    sampling: SamplingConfig = attrs.field(factory=SamplingConfig)
+    iterations: int = attrs.field(default=1, validator=_non_negative)
+    synth: SynthConfig = attrs.field(factory=SynthConfig)
+    classifier: ClassifierConfig
+    distill: DistillConfig = attrs.field(factory=DistillConfig)
+    eval: EvalConfig = attrs.field(factory=EvalConfig)
+
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be read: the message names the offending keys."""
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Structure a plain dict into a :class:`RunConfig`; errors name the key."""
+    try:
+        return converter.structure(data, RunConfig)
+    except Exception as exc:  # cattrs raises ExceptionGroups; flatten them into one message
+        if isinstance(exc, (cattrs.BaseValidationError,)):
+            lines = cattrs.transform_error(exc, path="config", format_exception=_format)
+            raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(f"invalid config: {exc}") from None
+
+
+def _format(exc: BaseException, type_) -> str:
+    if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, cattrs.BaseValidationError):
+        return str(exc.args[0]) if exc.args else repr(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return converter.unstructure(cfg)
+
+
+def load_toml(path) -> dict[str, Any]:
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def dumps_toml(cfg: RunConfig) -> str:
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive merge of ``override`` into a copy of ``base`` (tables merge, values replace)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` as a nested dict; the value is read as a TOML literal (so ``3``,
+    ``1e-3``, ``true``, ``"x"`` and ``[1, 2]`` work), or as a bare string if it is not one."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set has an empty key: {text!r}")
+    out: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        out = {part: out}
+    return out
+
+
+def resolve(base: RunConfig, files=(), assignments=()) -> RunConfig:
+    """A preset overridden by TOML files, then by ``--set`` assignments, in that order."""
+    data = to_dict(base)
+    for path in files:
+        data = merge(data, load_toml(path))
+    for text in assignments:
+        data = merge(data, parse_assignment(text))
+    return from_dict(data)

@@ -1,0 +1,1 @@
+"""Noise processes, samplers and guidance, all in the sigma-parameterisation x = x0 + sigma*eps."""
