@@ -113,6 +113,8 @@ class EvalConfig:
     elbo_points: int = attrs.field(default=1000, validator=_positive)
     elbo_split: str = attrs.field(default="test", validator=v.in_(("val", "test")))
     plot_samples: int = attrs.field(default=4000, validator=_positive)
+    #: ``elbo``: the variational bound; ``r-elbo``: DDPM's reweighted bound (uniform weights).
+    elbo: str = attrs.field(default="elbo", validator=v.in_(("elbo", "r-elbo")))
 
 
 @attrs.frozen(kw_only=True)
@@ -127,6 +129,9 @@ class RunConfig:
     oracle: ComponentSpec
     process: ProcessSpec = attrs.field(factory=ProcessSpec)
     denoiser: ComponentSpec
+    #: A run directory (or a ``baseline.pt``) whose trained baseline this run reuses instead of
+    #: training one; variants of one experiment (ablations, by-agent/by-scene) share it.
+    baseline_from: str = ""
     baseline: TrainConfig = attrs.field(factory=TrainConfig)
     sampling: SamplingConfig = attrs.field(factory=SamplingConfig)
     iterations: int = attrs.field(default=1, validator=_non_negative)

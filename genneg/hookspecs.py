@@ -90,3 +90,12 @@ def register_benchmarks(register):
     :param register: ``register(name, fn)``; ``fn(report)`` measures something and records it
         with ``report.add(...)``.
     """
+
+
+@hookspec
+def register_commands(cli):
+    """Add sub-commands to the ``genneg`` command line.
+
+    :param cli: the root ``click.Group``; add a group named after the domain, e.g.
+        ``genneg traffic build-dataset``.
+    """
