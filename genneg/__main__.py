@@ -1,0 +1,3 @@
+from genneg.cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""The ``genneg`` command: ``run``, ``eval``, ``plugins``, ``presets`` and plugin commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from genneg import config as config_mod
+from genneg.plugins import PluginError, UnknownComponentError, get_registry
+
+
+class CLIError(click.ClickException):
+    pass
+
+
+def _resolve(preset: str, files, assignments):
+    registry = get_registry()
+    try:
+        base = registry.get("presets", preset)()
+        return config_mod.resolve(base, files, assignments)
+    except (UnknownComponentError, config_mod.ConfigError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="genneg")
+def cli():
+    """Oracle-assisted guidance of diffusion models (Gen-neG)."""
+
+
+@cli.command("run")
+@click.argument("preset")
+@click.option("--config", "files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="TOML file overriding the preset (repeatable).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override one config key, e.g. --set classifier.train.steps=500.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default: runs/<preset>).")
+@click.option("--resume", is_flag=True, help="Continue a killed run from its last finished stage.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run_cmd(preset, files, assignments, out, resume, dry_run, no_progress):
+    """Run the Gen-neG experiment PRESET (see `genneg presets`)."""
+    cfg = _resolve(preset, files, assignments)
+    if dry_run:
+        click.echo(config_mod.dumps_toml(cfg))
+        return
+    from genneg.engine.build import BuildError
+    from genneg.engine.rundir import CheckpointError
+    from genneg.engine.runner import RunError, run
+
+    out = out or str(Path("runs") / preset)
+    try:
+        run(cfg, out, resume=resume, progress=not no_progress and sys.stderr.isatty())
+    except (RunError, BuildError, CheckpointError, UnknownComponentError, PluginError) as exc:
+        raise CLIError(str(exc)) from None
+    click.echo(f"\nrun directory: {out} (results.md, metrics.jsonl, plots/)")
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def eval_cmd(run_dir, as_json):
+    """Show the per-stage metrics of RUN_DIR (finished stages)."""
+    from genneg.engine.report import results_table
+    from genneg.engine.rundir import RunDir
+
+    rd = RunDir(run_dir, quiet=True)
+    done = rd.state()["done"]
+    rows = {r["stage"]: r for r in rd.read_metrics("eval") if r["stage"] in done}
+    if not rows:
+        raise CLIError(f"{run_dir} has no evaluated stage yet")
+    ordered = [r for s, r in rows.items()]
+    if as_json:
+        click.echo(json.dumps(ordered, indent=1))
+        return
+    cats = sorted({c for r in ordered for c in r.get("categories", {})})
+    click.echo(results_table(ordered, categories=cats))
+    stopped = rd.state().get("stopped")
+    if stopped:
+        click.echo(f"\nthe loop stopped early: {stopped}")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_cmd(as_json):
+    """List installed plugins, their versions and what each registers."""
+    info = get_registry().describe()
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    for name, rec in info.items():
+        click.echo(f"{name} {rec.get('version', '?')}")
+        if "error" in rec:
+            click.echo(f"  FAILED TO LOAD: {rec['error']}")
+        for kind, names in sorted(rec.get("registers", {}).items()):
+            click.echo(f"  {kind}: {', '.join(sorted(names))}")
+
+
+@cli.command("presets")
+def presets_cmd():
+    """List the experiment presets of installed plugins."""
+    registry = get_registry()
+    for name in registry.names("presets"):
+        entry = registry.entries["presets"][name]
+        doc = (entry.obj.__doc__ or "").strip().splitlines()
+        click.echo(f"{name:32s} [{entry.plugin}] {doc[0] if doc else ''}")
+
+
+def _add_plugin_commands() -> None:
+    import pluggy
+
+    from genneg import hookspecs
+    from genneg.plugins import ENTRY_POINT_GROUP
+
+    import importlib.metadata
+
+    pm = pluggy.PluginManager("genneg")
+    pm.add_hookspecs(hookspecs)
+    registry = get_registry()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in registry.plugins:
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception:  # already reported by the registry
+            continue
+    pm.hook.register_commands(cli=cli)
+
+
+def main(argv=None):
+    """Entry point of the ``genneg`` command."""
+    try:
+        _add_plugin_commands()
+    except Exception as exc:  # a plugin's commands must not break the core commands
+        click.echo(f"warning: plugin commands unavailable: {exc}", err=True)
+    cli.main(args=argv, prog_name="genneg")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Training a guidance classifier on a labelled synthetic set with Eq. (13)."""
+
+from __future__ import annotations
+
+import torch
+
+from genneg.classifier_loss import label_weights, weighted_bce
+from genneg.diffusion.shapes import broadcast
+from genneg.engine.synth import _cat
+from genneg.engine.train import fit
+
+
+def training_set(synth, weighting: str):
+    """The balanced set D+ u D- (Algorithm 1), or the natural-ratio set for ``imbalanced``."""
+    if weighting == "imbalanced":
+        if synth.natural is None:
+            raise ValueError("the imbalanced ablation needs the natural-ratio set")
+        return synth.natural
+    return _cat([synth.positives, synth.negatives])
+
+
+def train_classifier(classifier, synth, *, weighting, process, train, generator, progress=True,
+                     log=None):
+    """Fit ``classifier`` (a :class:`TimeClassifier`) on ``x_t = x0 + sigma eps`` of the
+    synthetic set with the importance-weighted BCE of Eq. (13) (or an ablation)."""
+    data = training_set(synth, weighting)
+    if classifier.granularity == "element" and data.element_labels is None:
+        raise ValueError("a per-element classifier needs an oracle that returns element_valid")
+    pi1 = float(data.labels.float().mean())
+    alpha = synth.alpha
+
+    def loss_fn(step):
+        n = len(data)
+        idx = torch.randint(0, n, (min(train.batch_size, n),), generator=generator)
+        batch = data.index(idx)
+        x0, cond = batch.data.x, batch.data.cond
+        weights = label_weights(batch.labels, alpha, weighting, pi1)
+        sigma = process.sample_classifier_sigma(x0.shape[0], generator, x0.device)
+        xt = x0 + broadcast(sigma, x0) * torch.randn(x0.shape, generator=generator)
+        logits = classifier(xt, sigma, **cond)
+        return weighted_bce(logits, batch.labels, weights, element_labels=batch.element_labels,
+                            mask=cond.get("mask"))
+
+    return fit(classifier.parameters(), loss_fn, train, desc="classifier", progress=progress,
+               log=log)

@@ -1,0 +1,35 @@
+"""Distillation of a (stacked, guided) teacher into one student denoiser, Eq. (14)."""
+
+from __future__ import annotations
+
+import torch
+
+from genneg.diffusion.loss import masked_sum, real_dims
+from genneg.diffusion.shapes import broadcast
+from genneg.engine.train import fit, minibatch
+
+
+def score_matching_distill(student, teacher, data, *, process, train, generator, progress=True,
+                           log=None):
+    """Train ``student`` in place to match ``teacher`` on noised true data (Eq. 14).
+
+    ``|s_teacher - s_student|^2 = |D_teacher - D_student|^2 / sigma^4``; we weight the
+    denoiser-space error with the process' training weight ``lambda(sigma)`` (gamma_t of
+    Eq. 14, the same weighting as the baseline's loss, Eq. 5) and draw sigma from the process'
+    training distribution. The teacher's output (with its classifier gradients) is computed
+    without building a graph through the teacher.
+    """
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss_fn(step):
+        batch = minibatch(data, train.batch_size, generator)
+        x0, cond = batch.x, batch.cond
+        sigma = process.sample_training_sigma(x0.shape[0], generator, x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        xt = x0 + broadcast(sigma, x0) * noise
+        target = teacher(xt, sigma, **cond).detach()
+        err = broadcast(process.loss_weight(sigma), x0) * (student(xt, sigma, **cond) - target) ** 2
+        return (masked_sum(err, cond) / real_dims(x0, cond)).mean()
+
+    return fit(student.parameters(), loss_fn, train, desc="distill", progress=progress, log=log)

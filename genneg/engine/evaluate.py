@@ -1,0 +1,62 @@
+"""Metrics of one stage: infraction rates (with standard errors), ELBO and sampling cost."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from genneg.elbo import ddpm_elbo, edm_elbo
+from genneg.diffusion.loss import real_dims
+from genneg.engine.synth import label_batch
+
+
+def rate(count: int, n: int) -> tuple[float, float]:
+    """A proportion and its binomial standard error, in percent."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = count / n
+    return 100 * p, 100 * math.sqrt(p * (1 - p) / n)
+
+
+def infraction_metrics(oracle, oracle_name, samples):
+    """Infraction % (+- s.e.) overall, per category and per element; non-finite samples count
+    as infractions in their own category ``non-finite``."""
+    finite, part, result = label_batch(oracle, oracle_name, samples)
+    n = len(samples)
+    n_bad = int((~finite).sum())
+    n_invalid = n_bad + (0 if result is None else int((~result.valid).sum()))
+    out = {"n": n}
+    out["infraction"], out["infraction_se"] = rate(n_invalid, n)
+    cats = {}
+    for cat in oracle.categories:
+        flags = result.categories.get(cat) if result is not None else None
+        count = 0 if flags is None else int(flags.sum())
+        cats[cat] = rate(count, n)
+    if n_bad:
+        cats["non-finite"] = rate(n_bad, n)
+    out["categories"] = {k: {"rate": r, "se": s} for k, (r, s) in cats.items()}
+    if result is not None and result.element_valid is not None:
+        ev = result.element_valid
+        mask = part.cond.get("mask")
+        real = mask if mask is not None else torch.ones_like(ev)
+        bad = int((~ev & real).sum())
+        out["element_infraction"], out["element_infraction_se"] = rate(bad, int(real.sum()))
+    return out, finite, part, result
+
+
+def elbo_metrics(denoiser, split, process, *, k, points, kind, generator, batch_size=500):
+    """Mean ELBO (or r-ELBO) per dimension on the first ``points`` rows of ``split``, +- s.e."""
+    n = min(points, len(split))
+    values = []
+    for start in range(0, n, batch_size):
+        part = split.index(torch.arange(start, min(start + batch_size, n)))
+        if process.kind == "edm":
+            e = edm_elbo(denoiser, part.x, part.cond, process, k=k, generator=generator)
+        else:
+            e = ddpm_elbo(denoiser, part.x, part.cond, process, k=k, generator=generator,
+                          reweighted=(kind == "r-elbo"))
+        values.append(e / real_dims(part.x, part.cond))
+    v = torch.cat(values).double()
+    se = float(v.std(unbiased=True) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return {"elbo": float(v.mean()), "elbo_se": se, "elbo_kind": kind, "elbo_points": n}

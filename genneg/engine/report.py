@@ -1,0 +1,40 @@
+"""The per-stage results table (Table 1 / Fig. 3 numbers) as Markdown."""
+
+from __future__ import annotations
+
+
+def _pm(value, se, digits=2):
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def results_table(rows, *, categories=(), ceiling=None) -> str:
+    """A Markdown table: stage, infraction % (± s.e.), per-category %, per-element %, ELBO,
+    sampling cost."""
+    has_element = any("element_infraction" in r for r in rows)
+    kind = rows[0].get("elbo_kind", "elbo") if rows else "elbo"
+    head = ["stage", "infraction %"] + [f"{c} %" for c in categories]
+    if has_element:
+        head.append("per element %")
+    head += [f"{'r-ELBO' if kind == 'r-elbo' else 'ELBO'} (nats/dim)", "NFE/sample",
+             "ms/sample"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["stage"], _pm(r["infraction"], r["infraction_se"])]
+        for c in categories:
+            cat = r.get("categories", {}).get(c)
+            cells.append(_pm(cat["rate"], cat["se"]) if cat else "-")
+        if has_element:
+            cells.append(_pm(r.get("element_infraction"), r.get("element_infraction_se", 0)))
+        cells += [
+            _pm(r["elbo"], r["elbo_se"], 3),
+            f"{r['nfe_per_sample']:.0f}",
+            f"{1000 * r['seconds_per_sample']:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if ceiling is not None:
+        lines.append("")
+        lines.append(f"True data log-density on the same points: {ceiling:.3f} nats/dim "
+                     "(the ceiling the ELBO is measured against).")
+    return "\n".join(lines)

@@ -1,0 +1,319 @@
+"""Algorithm 1 of the paper, with evaluation of every stage, checkpoints and resume.
+
+Stages: ``baseline`` (train or reuse the DM), ``iter1 .. iterK`` (synthetic labelled set,
+classifier with Eq. 13, stacked by Eq. 9), ``distill`` (Eq. 14). Each finished stage is
+checkpointed and recorded in ``state.json``; ``resume=True`` reloads finished stages and
+continues with the first unfinished one, with the same random streams as an uninterrupted
+run (each stage seeds its own generators from the run seed and the stage name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from genneg import config as config_mod
+from genneg.components import Splits
+from genneg.diffusion.loss import DenoisingLoss, real_dims
+from genneg.engine import build
+from genneg.engine.classifier import train_classifier
+from genneg.engine.evaluate import elbo_metrics, infraction_metrics
+from genneg.engine.report import results_table
+from genneg.engine.rundir import CheckpointError, RunDir, atomic_write_text, load_checkpoint
+from genneg.engine.sampling import CountingDenoiser, ModelSampler
+from genneg.engine.synth import NoNegativesError, draw_labelled
+from genneg.engine.train import fit, minibatch
+from genneg.guidance import GuidedDenoiser
+from genneg.plots import scatter_2d, stage_curves
+from genneg.plugins import get_registry
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue (existing directory, mismatching config...)."""
+
+
+def stage_generator(seed: int, stage: str, purpose: str) -> torch.Generator:
+    """A generator for one purpose of one stage, independent of what ran before it."""
+    digest = hashlib.sha256(f"{seed}/{stage}/{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def check_splits(splits: Splits) -> None:
+    """Reject data that would silently poison training: NaN/inf, empty splits."""
+    for name in ("train", "val", "test"):
+        split = getattr(splits, name)
+        if len(split) == 0:
+            raise ValueError(f"dataset split {name!r} is empty")
+        if not torch.isfinite(split.x).all():
+            bad = int((~torch.isfinite(split.x.reshape(len(split), -1)).all(1)).sum())
+            raise ValueError(f"dataset split {name!r} has {bad} samples with NaN or inf values")
+    shapes = {tuple(getattr(splits, n).x.shape[1:]) for n in ("train", "val", "test")}
+    if len(shapes) != 1:
+        raise ValueError(f"dataset splits disagree on the sample shape: {sorted(shapes)}")
+
+
+class Experiment:
+    """The components of one run, built from its config."""
+
+    def __init__(self, cfg, registry, rundir: RunDir, progress: bool):
+        self.cfg = cfg
+        self.registry = registry
+        self.rd = rundir
+        self.progress = progress
+        self.process = build.make_process(cfg.process)
+        self.dataset = build.make_dataset(registry, cfg.dataset)
+        root = str(Path(cfg.data_root).expanduser())
+        self.splits = self.dataset.load(root, stage_generator(cfg.seed, "data", "split"))
+        check_splits(self.splits)
+        self.oracle = build.make_oracle(registry, cfg.oracle)
+        sampler_fn = registry.get("samplers", cfg.sampling.sampler)
+        self.sampler = ModelSampler(sampler_fn, self.process, cfg.sampling.steps,
+                                    cfg.sampling.options, self.splits.train,
+                                    cfg.sampling.batch_size)
+        synth_steps = cfg.synth.steps or cfg.sampling.steps
+        self.synth_sampler = ModelSampler(sampler_fn, self.process, synth_steps,
+                                          cfg.sampling.options, self.splits.train,
+                                          cfg.sampling.batch_size)
+        self.base = build.make_denoiser(registry, cfg.denoiser, self.process)
+        self.config_toml = config_mod.dumps_toml(cfg)
+
+    def new_classifier(self):
+        return build.make_classifier(self.registry, self.cfg.classifier.network, self.process)
+
+    def guided(self, classifiers):
+        return GuidedDenoiser(self.base, classifiers, self.cfg.classifier.guidance_scale)
+
+    # --- evaluation ---
+    def evaluate(self, stage: str, model) -> dict:
+        cfg = self.cfg
+        self.rd.log(f"{stage}: evaluating ({cfg.eval.n_samples} samples, ELBO on "
+                    f"{cfg.eval.elbo_points} {cfg.eval.elbo_split} points)")
+        counting = CountingDenoiser(model)
+        t0 = time.perf_counter()
+        samples = self.sampler.sample(counting, cfg.eval.n_samples,
+                                      stage_generator(cfg.seed, stage, "eval-samples"))
+        seconds = time.perf_counter() - t0
+        metrics, finite, part, result = infraction_metrics(self.oracle, cfg.oracle.name, samples)
+        split = getattr(self.splits, cfg.eval.elbo_split)
+        elbo = elbo_metrics(model, split, self.process, k=cfg.eval.elbo_k,
+                            points=cfg.eval.elbo_points, kind=cfg.eval.elbo,
+                            generator=stage_generator(cfg.seed, "eval", "elbo"))
+        row = {"stage": stage, **metrics, **elbo,
+               "nfe_per_sample": counting.sample_evals / len(samples),
+               "seconds_per_sample": seconds / len(samples),
+               "n_classifiers": len(getattr(model, "classifiers", ()))}
+        self.rd.metric("eval", **row)
+        self.rd.log(f"{stage}: infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} %,"
+                    f" {row['elbo_kind']} {row['elbo']:.4f} ± {row['elbo_se']:.4f} nats/dim")
+        self.plot_stage(stage, part, result)
+        return row
+
+    def plot_stage(self, stage, part, result) -> None:
+        if result is None:
+            return
+        n = min(self.cfg.eval.plot_samples, len(part))
+        part_n = part.index(torch.arange(n))
+        path = self.rd.path / "plots" / f"samples_{stage}.png"
+        title = f"{self.cfg.name}: {stage}"
+        plot = getattr(self.dataset, "plot_samples", None)
+        if plot is not None:
+            from genneg.components import OracleResult
+
+            sub = OracleResult(
+                valid=result.valid[:n],
+                categories={k: v[:n] for k, v in result.categories.items()},
+                element_valid=None if result.element_valid is None else result.element_valid[:n],
+            )
+            plot(part_n, sub, str(path), title)
+        elif part_n.x.ndim == 2 and part_n.x.shape[1] == 2:
+            scatter_2d(part_n.x, result.valid[:n], path, title)
+
+    def data_ceiling(self) -> float | None:
+        split = getattr(self.splits, self.cfg.eval.elbo_split)
+        n = min(self.cfg.eval.elbo_points, len(split))
+        part = split.index(torch.arange(n))
+        logp = self.dataset.log_density(part.x)
+        if logp is None:
+            return None
+        return float((logp / real_dims(part.x, part.cond)).mean())
+
+
+def _load_modules(path, modules: dict) -> dict:
+    payload = load_checkpoint(path)
+    for key, module in modules.items():
+        if key not in payload["modules"]:
+            raise CheckpointError(f"{path} has no {key!r} weights")
+        try:
+            module.load_state_dict(payload["modules"][key])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: {key!r} weights do not fit the model: {exc}") from None
+    return payload
+
+
+def _prepare_rundir(cfg, out, resume: bool, quiet: bool) -> RunDir:
+    rd = RunDir(out, quiet=quiet)
+    toml_path = rd.path / "config.toml"
+    text = config_mod.dumps_toml(cfg)
+    if toml_path.exists():
+        if not resume and rd.state()["done"]:
+            raise RunError(f"{rd.path} already holds a run; pass --resume to continue it or "
+                           "choose another --out")
+        if resume and toml_path.read_text() != text:
+            old = config_mod.to_dict(config_mod.from_dict(config_mod.load_toml(toml_path)))
+            diff = _diff_keys(old, config_mod.to_dict(cfg))
+            raise RunError(f"cannot resume {rd.path}: its config differs in {', '.join(diff)}")
+    atomic_write_text(toml_path, text)
+    return rd
+
+
+def _diff_keys(a, b, prefix=""):
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _baseline_checkpoint(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p / "ckpt" / "baseline.pt" if p.is_dir() else p
+
+
+def run(cfg, out, *, resume: bool = False, registry=None, progress: bool = True,
+        quiet: bool = False) -> list[dict]:
+    """Run (or resume) a Gen-neG experiment; returns one metrics row per finished stage."""
+    registry = registry or get_registry()
+    rd = _prepare_rundir(cfg, out, resume, quiet)
+    torch.manual_seed(cfg.seed)
+    exp = Experiment(cfg, registry, rd, progress)
+    done = set(rd.state()["done"])
+    rows = {r["stage"]: r for r in rd.read_metrics("eval") if r["stage"] in done}
+    log = rd.log
+
+    # Stage 0: the baseline DM (Algorithm 1, line 2; Eq. 5).
+    if "baseline" in done:
+        _load_modules(rd.ckpt_path("baseline"), {"denoiser": exp.base})
+        log("baseline: loaded from checkpoint")
+    else:
+        if cfg.baseline_from:
+            src = _baseline_checkpoint(cfg.baseline_from)
+            _load_modules(src, {"denoiser": exp.base})
+            log(f"baseline: reused from {src}")
+        else:
+            t0 = time.perf_counter()
+            gen = stage_generator(cfg.seed, "baseline", "train")
+            loss = DenoisingLoss(exp.process)
+            train = exp.splits.train
+            exp.base.train()
+            hist = fit(exp.base.parameters(),
+                       lambda step: loss(exp.base, *_xc(minibatch(train, cfg.baseline.batch_size,
+                                                                  gen)), gen),
+                       cfg.baseline, desc="baseline", progress=progress, log=log)
+            rd.metric("train", stage="baseline", history=hist,
+                      seconds=time.perf_counter() - t0)
+            log(f"baseline: trained {cfg.baseline.steps} steps in "
+                f"{time.perf_counter() - t0:.1f} s")
+        rd.save("baseline", {"denoiser": exp.base}, exp.config_toml)
+        exp.base.eval()
+        rows["baseline"] = exp.evaluate("baseline", exp.base)
+        rd.mark_done("baseline")
+    exp.base.eval()
+    for p in exp.base.parameters():
+        p.requires_grad_(False)
+
+    # Gen-neG iterations (Algorithm 1's while loop; stacking by Eq. 9).
+    classifiers = []
+    stopped = rd.state().get("stopped")
+    for i in range(1, cfg.iterations + 1):
+        stage = f"iter{i}"
+        clf = exp.new_classifier()
+        if stage in done:
+            _load_modules(rd.ckpt_path(stage), {"classifier": clf})
+            clf.eval().requires_grad_(False)
+            classifiers.append(clf)
+            log(f"{stage}: loaded from checkpoint")
+            continue
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        try:
+            synth = draw_labelled(exp.synth_sampler, exp.guided(classifiers), exp.oracle,
+                                  cfg.oracle.name, cfg.synth,
+                                  keep_natural=cfg.classifier.weighting == "imbalanced",
+                                  generator=stage_generator(cfg.seed, stage, "synth"),
+                                  progress=progress, log=log)
+        except NoNegativesError as exc:
+            log(f"{stage}: stopping the Gen-neG loop: {exc}")
+            rd.mark_done("stopped", stopped=str(exc))
+            stopped = str(exc)
+            break
+        t_synth = time.perf_counter() - t0
+        rd.metric("synth", stage=stage, seconds=t_synth, **synth.summary())
+        log(f"{stage}: drew {synth.n_drawn} samples in {t_synth:.1f} s "
+            f"({synth.n_negative} infracting), alpha = {synth.alpha:.4f}")
+        t0 = time.perf_counter()
+        clf.train()
+        hist = train_classifier(clf, synth, weighting=cfg.classifier.weighting,
+                                process=exp.process, train=cfg.classifier.train,
+                                generator=stage_generator(cfg.seed, stage, "train"),
+                                progress=progress, log=log)
+        rd.metric("train", stage=stage, history=hist, seconds=time.perf_counter() - t0)
+        clf.eval().requires_grad_(False)
+        classifiers.append(clf)
+        rd.save(stage, {"classifier": clf}, exp.config_toml, {"synth": synth.summary()})
+        rows[stage] = exp.evaluate(stage, exp.guided(classifiers))
+        rd.mark_done(stage)
+
+    # Distillation of the stacked model into one denoiser (Eq. 14).
+    if cfg.distill.enabled and classifiers:
+        student = build.make_denoiser(registry, cfg.denoiser, exp.process)
+        if "distill" in done:
+            _load_modules(rd.ckpt_path("distill"), {"denoiser": student})
+            log("distill: loaded from checkpoint")
+        else:
+            student.load_state_dict(exp.base.state_dict())  # initialised from the baseline
+            student.requires_grad_(True).train()
+            distiller = registry.get("distillers", cfg.distill.distiller)
+            t0 = time.perf_counter()
+            hist = distiller(student, exp.guided(classifiers), exp.splits.train,
+                             process=exp.process, train=cfg.distill.train,
+                             generator=stage_generator(cfg.seed, "distill", "train"),
+                             progress=progress, log=log, **cfg.distill.options)
+            rd.metric("train", stage="distill", history=hist, seconds=time.perf_counter() - t0)
+            student.eval()
+            rd.save("distill", {"denoiser": student}, exp.config_toml)
+            rows["distill"] = exp.evaluate("distill", student)
+            rd.mark_done("distill")
+
+    ordered = [rows[s] for s in _stage_order(cfg) if s in rows]
+    finish(exp, ordered)
+    return ordered
+
+
+def _stage_order(cfg):
+    return ["baseline"] + [f"iter{i}" for i in range(1, cfg.iterations + 1)] + ["distill"]
+
+
+def _xc(split):
+    return split.x, split.cond
+
+
+def finish(exp: Experiment, rows: list[dict]) -> None:
+    """Write the results table, JSON and curves of a run."""
+    ceiling = exp.data_ceiling()
+    table = results_table(rows, categories=exp.oracle.categories, ceiling=ceiling)
+    atomic_write_text(exp.rd.path / "results.md", table + "\n")
+    atomic_write_text(exp.rd.path / "results.json",
+                      json.dumps({"rows": rows, "data_log_density": ceiling}, indent=1))
+    if rows:
+        stage_curves(rows, exp.rd.path / "plots" / "curves.png",
+                     ceiling=ceiling if ceiling is not None else math.nan)
+    exp.rd.log("results:\n" + table)

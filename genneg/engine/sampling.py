@@ -1,0 +1,60 @@
+"""Drawing samples from a model in batches, with the conditions resampled from the data."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from genneg.components import DataSplit
+
+
+class CountingDenoiser(torch.nn.Module):
+    """Counts calls and evaluated samples (network function evaluations, NFE)."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+        self.calls = 0
+        self.sample_evals = 0
+
+    def forward(self, x, sigma, **cond):
+        self.calls += 1
+        self.sample_evals += x.shape[0]
+        return self.denoiser(x, sigma, **cond)
+
+
+def resample_conditions(train: DataSplit, n: int, generator) -> tuple[dict, tuple]:
+    """Conditions of ``n`` random training rows (with replacement) and the sample shape."""
+    idx = torch.randint(0, len(train), (n,), generator=generator)
+    return {k: v[idx] for k, v in train.cond.items()}, tuple(train.x.shape[1:])
+
+
+class ModelSampler:
+    """Samples from a denoiser with a registered sampler, conditions drawn from the data."""
+
+    def __init__(self, sampler_fn, process, steps: int, options: dict, train: DataSplit,
+                 batch_size: int):
+        self.sampler_fn = sampler_fn
+        self.process = process
+        self.sigmas = process.sampling_sigmas(steps) if steps else process.sampling_sigmas()
+        self.options = dict(options)
+        self.train = train
+        self.batch_size = batch_size
+        self.seconds = 0.0
+
+    def sample(self, denoiser, n: int, generator) -> DataSplit:
+        """``n`` samples (in batches) with the conditions they were drawn under."""
+        xs, conds = [], []
+        for start in range(0, n, self.batch_size):
+            b = min(self.batch_size, n - start)
+            cond, shape = resample_conditions(self.train, b, generator)
+            x = self.process.sample_prior((b, *shape), generator)
+            t0 = time.perf_counter()
+            x = self.sampler_fn(denoiser, x, self.sigmas, cond=cond, generator=generator,
+                                **self.options)
+            self.seconds += time.perf_counter() - t0
+            xs.append(x)
+            conds.append(cond)
+        cond = {k: torch.cat([c[k] for c in conds]) for k in conds[0]} if conds else {}
+        return DataSplit(x=torch.cat(xs), cond=cond)
