@@ -64,7 +64,7 @@ class Normalizer:
 
 def navigational_to_math(angle_deg):
     """SUMO's navigational angle (degrees, 0 = north, clockwise) -> radians counter-clockwise
-    from east: ``theta = pi/2 - radians(angle)``, wrapped to ``(-pi, pi]``."""
+    from east: ``theta = pi/2 - radians(angle)``, wrapped to ``[-pi, pi]``."""
     theta = np.pi / 2 - np.radians(np.asarray(angle_deg, dtype=np.float64))
     return np.arctan2(np.sin(theta), np.cos(theta))
 
