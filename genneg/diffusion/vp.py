@@ -75,15 +75,18 @@ class VPProcess:
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """The (fractional) DDPM step of ``sigma``, by interpolation of ln sigma; exact integers
-        on the schedule's own levels."""
+        on the schedule's own levels (also when ``sigma`` was rounded to float32)."""
         log_sig = torch.log(sigma.double().clamp_min(1e-30)).cpu()
         ls = self._log_sigmas
         idx = torch.searchsorted(ls, log_sig).clamp(1, len(ls) - 1)
         lo, hi = ls[idx - 1], ls[idx]
         w = ((log_sig - lo) / (hi - lo)).clamp(0, 1)
         t = (idx - 1).double() + w
+        # Snap to the integer step when within float32 round-off of one (a float32 sigma is
+        # off by ~1e-7 in ln sigma; adjacent levels are >= ~1e-3 apart), so networks that
+        # index embeddings by integer t (MDM) see exactly the step they were trained on.
         rounded = torch.round(t)
-        t = torch.where((t - rounded).abs() < 1e-6, rounded, t)
+        t = torch.where((t - rounded).abs() < 1e-3, rounded, t)
         return t.to(device=sigma.device, dtype=torch.float32)
 
     def c_noise(self, sigma: torch.Tensor) -> torch.Tensor:
