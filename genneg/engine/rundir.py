@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import platform
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def versions() -> dict:
     import genneg
 
-    return {"genneg": genneg.__version__, "torch": torch.__version__,
+    return {"genneg": genneg.__version__, "torch": str(torch.__version__),
             "python": platform.python_version()}
 
 
@@ -133,7 +134,9 @@ def load_checkpoint(path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc) or "weights_only" in str(exc):
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            text = f"it would import {found.group(1)}" if found else text
             raise CheckpointError(
                 f"refusing to load {path}: it contains pickled Python objects, not only "
                 f"tensors ({text})"

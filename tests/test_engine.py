@@ -1,0 +1,188 @@
+import json
+
+import pytest
+import torch
+
+from genneg.components import DataSplit
+from genneg.config import SynthConfig
+from genneg.engine import classifier as classifier_mod
+from genneg.engine import runner
+from genneg.engine.rundir import CheckpointError, load_checkpoint
+from genneg.engine.runner import RunError, run
+from genneg.engine.synth import NoNegativesError, draw_labelled, label_batch
+from genneg.plugins import build_registry
+from tests import toy_plugin
+from tests.toy_plugin import HalfPlane, toy_config
+
+
+@pytest.fixture
+def registry():
+    return build_registry({"toy": toy_plugin}, autoload=False)
+
+
+def test_end_to_end_toy_run(tmp_path, registry):
+    rows = run(toy_config(), tmp_path / "r", registry=registry, progress=False, quiet=True)
+    assert [r["stage"] for r in rows] == ["baseline", "iter1", "iter2", "distill"]
+    for name in ("config.toml", "log.txt", "metrics.jsonl", "state.json", "results.md",
+                 "plots/curves.png", "plots/samples_iter1.png", "ckpt/iter2.pt"):
+        assert (tmp_path / "r" / name).exists(), name
+    synth = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+             if '"synth"' in line]
+    assert len(synth) == 2 and all(0 < s["alpha"] < 1 for s in synth)
+    assert rows[1]["n_classifiers"] == 1 and rows[2]["n_classifiers"] == 2
+    assert rows[0]["nfe_per_sample"] == 15  # Heun: 2 * 8 - 1 evaluations
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    # E log N(x; 0, 0.25) per dim = -0.5 ln(2 pi 0.25) - 0.5 = -0.726 (200 points)
+    assert results["data_log_density"] == pytest.approx(-0.726, abs=0.1)
+
+
+def test_resume_after_interruption_gives_the_same_results(tmp_path, registry, monkeypatch):
+    reference = run(toy_config(), tmp_path / "ref", registry=registry, progress=False, quiet=True)
+
+    real = classifier_mod.train_classifier
+    calls = {"n": 0}
+
+    def crash_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_classifier", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(toy_config(), tmp_path / "r", registry=registry, progress=False, quiet=True)
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["done"] == ["baseline", "iter1"]
+    monkeypatch.setattr(runner, "train_classifier", real)
+    with pytest.raises(RunError, match="--resume"):
+        run(toy_config(), tmp_path / "r", registry=registry, progress=False, quiet=True)
+    resumed = run(toy_config(), tmp_path / "r", resume=True, registry=registry, progress=False,
+                  quiet=True)
+    assert [r["stage"] for r in resumed] == [r["stage"] for r in reference]
+    for a, b in zip(resumed, reference):
+        assert a["infraction"] == b["infraction"] and a["elbo"] == pytest.approx(b["elbo"])
+
+
+def test_resume_with_another_config_names_the_difference(tmp_path, registry):
+    run(toy_config(iterations=0), tmp_path / "r", registry=registry, progress=False, quiet=True)
+    with pytest.raises(RunError, match="differs in iterations, seed"):
+        run(toy_config(iterations=1, seed=3), tmp_path / "r", resume=True, registry=registry,
+            progress=False, quiet=True)
+
+
+def test_corrupt_checkpoint_is_reported_on_resume(tmp_path, registry):
+    run(toy_config(iterations=0), tmp_path / "r", registry=registry, progress=False, quiet=True)
+    ckpt = tmp_path / "r" / "ckpt" / "baseline.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        run(toy_config(iterations=0), tmp_path / "r", resume=True, registry=registry,
+            progress=False, quiet=True)
+
+
+class Payload:
+    pass
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"modules": {}, "thing": Payload()}, path)
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        load_checkpoint(path)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a genneg checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_loop_stops_when_the_model_has_no_infractions(tmp_path, registry):
+    cfg = toy_config()
+    import attrs
+
+    cfg = attrs.evolve(cfg, oracle=attrs.evolve(cfg.oracle, options={"threshold": -100.0}))
+    rows = run(cfg, tmp_path / "r", registry=registry, progress=False, quiet=True)
+    assert [r["stage"] for r in rows] == ["baseline"]
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert "no infractions" in state["stopped"]
+    assert "stopping the Gen-neG loop" in (tmp_path / "r" / "log.txt").read_text()
+
+
+def test_dataset_with_nan_is_rejected(tmp_path, registry):
+    import attrs
+
+    cfg = toy_config()
+    cfg = attrs.evolve(cfg, dataset=attrs.evolve(cfg.dataset, options={"nan": True}))
+    with pytest.raises(ValueError, match="split 'train' has 1 samples with NaN"):
+        run(cfg, tmp_path / "r", registry=registry, progress=False, quiet=True)
+
+
+def test_unknown_component_option_is_named(tmp_path, registry):
+    import attrs
+
+    from genneg.engine.build import BuildError
+
+    cfg = toy_config()
+    cfg = attrs.evolve(cfg, denoiser=attrs.evolve(cfg.denoiser, options={"hiden": 3}))
+    with pytest.raises(BuildError, match="denoiser: 'mlp' does not accept.*hiden"):
+        run(cfg, tmp_path / "r", registry=registry, progress=False, quiet=True)
+
+
+class FixedSampler:
+    """Hands out pre-made samples in order, like a model would."""
+
+    def __init__(self, x):
+        self.x, self.pos, self.batch_size = x, 0, 100
+
+    def sample(self, denoiser, n, generator):
+        out = self.x[self.pos:self.pos + n]
+        self.pos += n
+        return DataSplit(x=out)
+
+
+def test_alpha_counts_every_drawn_sample():
+    """alpha = |D+| / (|D+| + |D-|) over all drawn samples, while the kept set is balanced."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 2, generator=g)
+    x[:, 0] = torch.where(torch.rand(5000, generator=g) < 0.1, -1.0, 1.0)  # 10 % invalid
+    res = draw_labelled(FixedSampler(x), None, HalfPlane(0.0), "half",
+                        SynthConfig(n_per_class=200, max_samples=5000, min_per_class=10),
+                        keep_natural=True, generator=g, progress=False)
+    drawn = res.n_drawn
+    n_pos_expected = int((x[:drawn, 0] > 0).sum())
+    assert res.n_positive == n_pos_expected
+    assert res.alpha == pytest.approx(n_pos_expected / drawn)
+    assert len(res.positives) == len(res.negatives) == 200
+    assert res.positives.labels.all() and not res.negatives.labels.any()
+    # drawing stops at the first batch (of 100) after which 200 negatives exist
+    neg_after = torch.cumsum((x[:, 0] <= 0).long(), 0)[99::100]
+    assert drawn == 100 * (1 + int((neg_after < 200).sum()))
+    assert len(res.natural) == 400
+
+
+def test_budget_without_negatives_stops_with_a_message():
+    x = torch.ones(1000, 2)
+    with pytest.raises(NoNegativesError, match="only 0 infracting samples in 1000 drawn"):
+        draw_labelled(FixedSampler(x), None, HalfPlane(0.0), "half",
+                      SynthConfig(n_per_class=200, max_samples=1000, min_per_class=10),
+                      keep_natural=False, generator=None, progress=False)
+
+
+def test_nonfinite_samples_are_never_labelled_valid():
+    x = torch.ones(4, 2)
+    x[1, 0] = float("nan")
+    x[2, 1] = float("inf")
+    finite, part, result = label_batch(HalfPlane(0.0), "half", DataSplit(x=x))
+    assert finite.tolist() == [True, False, False, True] and len(part) == 2
+    from genneg.engine.evaluate import infraction_metrics
+
+    metrics, *_ = infraction_metrics(HalfPlane(0.0), "half", DataSplit(x=x))
+    assert metrics["infraction"] == pytest.approx(50.0)
+    assert metrics["categories"]["non-finite"]["rate"] == pytest.approx(50.0)
+
+
+def test_oracle_with_wrong_shape_is_named():
+    class Bad(HalfPlane):
+        def label(self, x, cond):
+            r = super().label(x, cond)
+            return type(r)(valid=r.valid[:-1])
+
+    with pytest.raises(ValueError, match="oracle 'bad': valid has shape"):
+        label_batch(Bad(), "bad", DataSplit(x=torch.ones(3, 2)))
