@@ -33,8 +33,9 @@ class Board:
         u = (x + self.half) / self.cell  # cell coordinates
         in_box = ((u >= 0) & (u <= self.n)).all(dim=-1)
         # A point on a boundary belongs to every cell it touches; it is inside if any of
-        # those cells is filled. Check the cells of floor(u) and floor(u - tiny).
-        eps = 1e-9
+        # those cells is filled. Check the cells of floor(u) and floor(u - eps), with eps
+        # (in cell units) above float32 round-off, so a boundary point is inside.
+        eps = 1e-5
         hits = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
         for dx in (0.0, eps):
             for dy in (0.0, eps):
