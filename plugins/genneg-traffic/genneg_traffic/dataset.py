@@ -1,0 +1,189 @@
+"""The traffic dataset: its on-disk format and the genneg ``Dataset``.
+
+A dataset directory holds (bring your own data by writing these four files):
+
+``meta.json``
+    ``{"format": "genneg-traffic/1", "features": [...7 names...], "normalization": {"mean":
+    [7], "std": [7]}, "window": 80.0, "raster": 64, "cities": [names], "test_city": name,
+    "source": ..., "options": {...}, "n_scenes": S, "n_maps": M}``
+``scenes.pt``
+    ``x`` float32 ``[S, N, 7]`` in physical units (metres, radians as cos/sin, m/s; see
+    :mod:`genneg_traffic.features`), ``mask`` bool ``[S, N]``, ``map_id`` int64 ``[S]``,
+    ``city`` int64 ``[S]`` (index into ``cities``).
+``maps.pt``
+    the :class:`~genneg_traffic.maps.MapBank` (drivable area per map id, scene frame).
+``rasters.pt``
+    ``rasters`` uint8 ``[M, R, R]``: each map rasterised over the window (1 = drivable).
+
+:meth:`TrafficDataset.load` splits the scenes of the held-out city off as ``test`` and the
+others at random into ``train`` and ``val``; ``x`` is standardised with the stored statistics
+and ``cond`` holds ``mask``, ``map_id`` and ``map`` (uint8 ``[B, 1, R, R]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genneg.components import DataSplit, Dataset, OracleResult, Splits
+from genneg_traffic.features import FEATURES, Normalizer
+from genneg_traffic.maps import MapBank
+from genneg_traffic.scenes import SceneCutter, WindowConfig
+
+FORMAT = "genneg-traffic/1"
+SOURCES = ("synthetic", "sumo", "dir")
+
+
+def dataset_dir(root: str, name: str) -> Path:
+    """Where dataset ``name`` lives under the data root: ``<root>/traffic/<name>``."""
+    return Path(root).expanduser() / "traffic" / name
+
+
+def build(out: Path, source: str, *, seed: int = 0, window: dict | None = None,
+          source_options: dict | None = None, progress: bool = True, log=print) -> dict:
+    """Simulate (or generate) cities, cut scenes and write a dataset directory; returns meta."""
+    t0 = time.perf_counter()
+    wcfg = WindowConfig(**(window or {}))
+    opts = dict(source_options or {})
+    if source == "synthetic":
+        from genneg_traffic.synthetic import SyntheticConfig, synthetic_cities
+
+        cities = synthetic_cities(SyntheticConfig(**opts), seed, progress)
+        test_city = cities[-1].name
+    elif source == "sumo":
+        from genneg_traffic.sumo import SumoConfig, sumo_cities
+
+        scfg = SumoConfig(**opts)
+        cities = sumo_cities(scfg, seed, progress=progress, log=log)
+        test_city = scfg.test_city
+    else:
+        raise ValueError(f"cannot build source {source!r}; choose from {SOURCES[:2]}")
+    cutter = SceneCutter(wcfg)
+    rng = np.random.default_rng([seed, 1])
+    from tqdm.auto import tqdm
+
+    for city in tqdm(cities, desc="cutting scenes", disable=not progress):
+        n = cutter.add_city(city, rng)
+        log(f"{city.name}: {n} scenes")
+    arrays = cutter.arrays()
+    names = cutter.city_names
+    if test_city not in names:
+        raise ValueError(f"test city {test_city!r} is not among the cities {names}")
+    test_idx = names.index(test_city)
+    not_test = arrays["city"] != test_idx
+    if not not_test.any() or not_test.all():
+        raise ValueError("need scenes both in and outside the test city")
+    norm = Normalizer.fit(arrays["x"][not_test].astype(np.float64), arrays["mask"][not_test])
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".partial"
+    tmp.mkdir(exist_ok=True)
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp / "scenes.pt")
+    MapBank(cutter.maps).save(tmp / "maps.pt")
+    torch.save({"rasters": torch.from_numpy(np.stack(cutter.rasters))}, tmp / "rasters.pt")
+    meta = {
+        "format": FORMAT, "features": list(FEATURES), "normalization": norm.to_dict(),
+        "window": wcfg.size, "raster": wcfg.raster, "cities": names, "test_city": test_city,
+        "source": source, "seed": seed, "options": opts, "window_options": _plain(wcfg),
+        "n_scenes": int(len(arrays["x"])), "n_maps": len(cutter.maps),
+        "build_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    for f in ("scenes.pt", "maps.pt", "rasters.pt", "meta.json"):  # meta.json last: "done"
+        os.replace(tmp / f, out / f)
+    tmp.rmdir()
+    log(f"wrote {meta['n_scenes']} scenes, {meta['n_maps']} maps to {out} "
+        f"in {meta['build_seconds']} s")
+    return meta
+
+
+def _plain(cfg) -> dict:
+    import attrs
+
+    return attrs.asdict(cfg)
+
+
+class TrafficDataset(Dataset):
+    """Scenes of a traffic dataset directory, built on first use if the source allows.
+
+    :param name: directory under ``<data_root>/traffic/``.
+    :param source: ``synthetic`` (procedural, seconds), ``sumo`` (needs ``genneg-traffic[sumo]``)
+        or ``dir`` (an existing directory, e.g. from ``genneg traffic build-dataset`` or your
+        own data in the documented format).
+    :param seed: the build seed (the dataset is deterministic for it).
+    :param val_fraction: share of the non-test scenes held out for validation.
+    :param window, source_options: passed to the builder (:class:`WindowConfig`,
+        :class:`~genneg_traffic.synthetic.SyntheticConfig` or
+        :class:`~genneg_traffic.sumo.SumoConfig`).
+    """
+
+    def __init__(self, name: str = "synthetic", source: str = "synthetic", seed: int = 0,
+                 val_fraction: float = 0.1, window: dict | None = None,
+                 source_options: dict | None = None):
+        if source not in SOURCES:
+            raise ValueError(f"unknown traffic source {source!r}; choose from {SOURCES}")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.name, self.source, self.seed = name, source, seed
+        self.val_fraction = val_fraction
+        self.window = dict(window or {})
+        self.source_options = dict(source_options or {})
+        self.meta: dict | None = None
+
+    def path(self, root: str) -> Path:
+        return dataset_dir(root, self.name)
+
+    def ensure(self, root: str, progress: bool = True) -> Path:
+        """The dataset directory, built if missing; a directory built with other options is an
+        error (choose another ``name`` or delete it)."""
+        out = self.path(root)
+        meta_path = out / "meta.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{out}: unknown format {meta.get('format')!r}")
+            if self.source != "dir":
+                want = {"source": self.source, "seed": self.seed, "options": self.source_options,
+                        "window_options": _plain(WindowConfig(**self.window))}
+                have = {k: meta.get(k) for k in want}
+                if have != want:
+                    raise ValueError(f"{out} was built with {have}, not {want}: choose another "
+                                     "dataset name or delete that directory")
+            return out
+        if self.source == "dir":
+            raise ValueError(f"no traffic dataset at {out}; build one with `genneg traffic "
+                             "build-dataset` or write the files described in genneg_traffic.dataset")
+        build(out, self.source, seed=self.seed, window=self.window,
+              source_options=self.source_options, progress=progress)
+        return out
+
+    def load(self, root: str, generator: torch.Generator) -> Splits:
+        """Train / val (random split of the training cities) / test (the held-out city)."""
+        out = self.ensure(root)
+        self.meta = json.loads((out / "meta.json").read_text())
+        self.normalizer = Normalizer.from_dict(self.meta["normalization"])
+        scenes = torch.load(out / "scenes.pt", weights_only=True)
+        rasters = torch.load(out / "rasters.pt", weights_only=True)["rasters"]
+        self.maps = MapBank.load(out / "maps.pt")
+        x = self.normalizer.normalize(scenes["x"].double()).float()
+        x = torch.where(scenes["mask"][..., None], x, torch.zeros_like(x))
+        full = DataSplit(x=x, cond={"mask": scenes["mask"], "map_id": scenes["map_id"],
+                                    "map": rasters[scenes["map_id"]][:, None]})
+        test_idx = self.meta["cities"].index(self.meta["test_city"])
+        is_test = scenes["city"] == test_idx
+        rest = (~is_test).nonzero().squeeze(1)
+        rest = rest[torch.randperm(len(rest), generator=generator)]
+        n_val = max(1, int(round(self.val_fraction * len(rest))))
+        return Splits(train=full.index(rest[n_val:].sort().values),
+                      val=full.index(rest[:n_val].sort().values),
+                      test=full.index(is_test.nonzero().squeeze(1)))
+
+    def plot_samples(self, split: DataSplit, result: OracleResult, path: str, title: str) -> None:
+        """A grid of scenes with infracting vehicles highlighted (Fig. 1 style)."""
+        from genneg_traffic.plots import plot_scenes
+
+        plot_scenes(split, result, self.maps, self.normalizer, path, title)

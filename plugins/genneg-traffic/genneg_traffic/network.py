@@ -1,0 +1,227 @@
+"""The traffic transformer of App. B.2: denoiser and by-agent / by-scene classifiers.
+
+* Encoder: a 2-layer SiLU MLP embeds each vehicle's 7 features into ``H`` dimensions; a
+  sinusoidal embedding of the DDPM step ``t`` (``c_noise``) is added.
+* Backbone: ``layers`` pairs of (self-attention across agents with relative positional
+  encodings, cross-attention from agents to the map), each followed by a feed-forward block,
+  with pre-LayerNorm residuals. The self-attention is Eqs. (35)-(36): pairwise distances
+  ``d_ij`` are embedded sinusoidally, the time embedding is added (``p_ij``), and
+  ``e_ij = (q_i.k_j + pQ_ij.k_j + q_i.pK_ij) / sqrt(d)``, ``out_i = sum_j a_ij (v_j + pV_ij)``.
+* Map: a CNN (stride-2 convolutions + a 1x1 feed-forward) turns the ``[1, R, R]`` drivable-area
+  raster into ``(R/8)^2`` tokens with a 2-D sinusoidal positional encoding.
+* Decoders: a 2-layer MLP to 7 features (denoiser, epsilon-prediction), to 1 logit per agent
+  (by-agent classifier), or -- for the by-scene classifier -- a masked mean over agents followed
+  by an MLP. (The paper's by-scene head reads the first agent's row; the mean keeps the head
+  permutation-invariant, which a scene label is.)
+
+Padding agents (``cond["mask"]`` False) are never attended to; their outputs are zero. Nothing
+depends on the agents' order: the network is permutation-equivariant over agents.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genneg_traffic.features import N_FEATURES
+
+
+def sinusoidal(v: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Transformer/DDPM sinusoidal embedding of ``v`` (any shape) -> ``[..., dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=v.device) / half)
+    args = v.float()[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, d_out))
+
+
+class RPESelfAttention(nn.Module):
+    """Multi-head self-attention with relative positional encodings (Eqs. 35-36)."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        self.heads, self.d = heads, hidden // heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)  # W^Q, W^K, W^V
+        self.rpe = nn.Linear(hidden, 3 * hidden, bias=False)  # U^Q, U^K, U^V
+        self.out = nn.Linear(hidden, hidden)
+
+    def attend(self, x: torch.Tensor, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``sum_j a_ij (v_j + pV_ij)`` per head, heads concatenated: ``[B, A, H]``.
+
+        :param x: ``[B, A, H]`` agent features; :param p: ``[B, A, A, H]`` pair encodings;
+        :param mask: bool ``[B, A]`` (keys with False get no attention).
+        """
+        B, A, _ = x.shape
+        h, d = self.heads, self.d
+        q, k, v = self.qkv(x).view(B, A, 3, h, d).unbind(2)  # [B, A, h, d]
+        pq, pk, pv = self.rpe(p).view(B, A, A, 3, h, d).unbind(3)  # [B, A, A, h, d]
+        # Eq. (36): e_ij = (q_i.k_j + pQ_ij.k_j + q_i.pK_ij) / sqrt(d)
+        e = (torch.einsum("bihd,bjhd->bhij", q, k)
+             + torch.einsum("bijhd,bjhd->bhij", pq, k)
+             + torch.einsum("bihd,bijhd->bhij", q, pk)) / math.sqrt(d)
+        e = e.masked_fill(~mask[:, None, None, :], -1e9)
+        a = torch.softmax(e, dim=-1)
+        # Eq. (35): sum_j a_ij (v_j + pV_ij)
+        o = torch.einsum("bhij,bjhd->bihd", a, v) + torch.einsum("bhij,bijhd->bihd", a, pv)
+        return o.reshape(B, A, h * d)
+
+    def forward(self, x, p, mask):
+        return self.out(self.attend(x, p, mask))
+
+
+class MapEncoder(nn.Module):
+    """CNN + feed-forward: a ``[B, C, R, R]`` raster -> ``[B, (R/8)^2, H]`` tokens with a 2-D
+    sinusoidal positional encoding (half the channels for x, half for y)."""
+
+    def __init__(self, hidden: int, in_channels: int = 1, width: int = 32):
+        super().__init__()
+        self.cnn = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width * 2, hidden, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 1),  # position-wise feed-forward
+        )
+        self.hidden = hidden
+        self._cache = None  # (raster, tokens) of the last call in eval mode
+
+    def forward(self, raster: torch.Tensor) -> torch.Tensor:
+        """Tokens of ``raster``. In eval mode, when no gradient can flow into the encoder's
+        weights, the tokens of the last raster are reused if the very same tensor comes again
+        (a sampler's every step; the tokens never depend on ``x``)."""
+        frozen = not torch.is_grad_enabled() or not any(p.requires_grad for p in self.parameters())
+        cacheable = not self.training and frozen
+        if cacheable and self._cache is not None and self._cache[0] is raster:
+            return self._cache[1]
+        tokens = self._encode(raster)
+        self._cache = (raster, tokens) if cacheable else None
+        return tokens
+
+    def _encode(self, raster: torch.Tensor) -> torch.Tensor:
+        m = self.cnn(raster.float() * 2 - 1)  # {0, 1} -> {-1, 1}
+        B, H, h, w = m.shape
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=m.device),
+                                torch.linspace(1, -1, w, device=m.device).flip(0), indexing="ij")
+        half = H // 2
+        pos = torch.cat([sinusoidal(xs * 50, half, 1000.0), sinusoidal(-ys * 50, H - half, 1000.0)],
+                        dim=-1)  # [h, w, H]
+        return m.flatten(2).transpose(1, 2) + pos.reshape(h * w, H)
+
+
+class Block(nn.Module):
+    """One backbone pair: RPE self-attention + FF, map cross-attention + FF (pre-LN)."""
+
+    def __init__(self, hidden: int, heads: int, ff_mult: int):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3, self.ln4 = (nn.LayerNorm(hidden) for _ in range(4))
+        self.self_attn = RPESelfAttention(hidden, heads)
+        self.cross = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.ff1 = mlp(hidden, ff_mult * hidden, hidden)
+        self.ff2 = mlp(hidden, ff_mult * hidden, hidden)
+
+    def forward(self, x, p, mask, tokens):
+        x = x + self.self_attn(self.ln1(x), p, mask)
+        x = x + self.ff1(self.ln2(x))
+        q = self.ln3(x)
+        x = x + self.cross(q, tokens, tokens, need_weights=False)[0]
+        x = x + self.ff2(self.ln4(x))
+        return x * mask[..., None]
+
+
+class TrafficBackbone(nn.Module):
+    """Encoder + backbone: ``(x_in [B, A, 7], t [B], mask, map)`` -> ``[B, A, H]``."""
+
+    def __init__(self, hidden: int = 64, heads: int = 4, layers: int = 2, ff_mult: int = 2,
+                 map_width: int = 32, distance_scale: float = 100.0):
+        super().__init__()
+        self.hidden = hidden
+        self.distance_scale = distance_scale
+        self.embed = mlp(N_FEATURES, hidden, hidden)
+        self.time = mlp(hidden, hidden, hidden)
+        self.map = MapEncoder(hidden, width=map_width)
+        self.blocks = nn.ModuleList(Block(hidden, heads, ff_mult) for _ in range(layers))
+
+    def pair_encoding(self, x_in: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """``p_ij``: sinusoidal embedding of the distance between agents i and j (in input
+        units, scaled by ``distance_scale``) plus the time embedding: ``[B, A, A, H]``."""
+        pos = x_in[..., :2]
+        d = torch.sqrt(((pos[:, :, None] - pos[:, None, :]) ** 2).sum(-1) + 1e-12)
+        return sinusoidal(d * self.distance_scale, self.hidden) + temb[:, None, None, :]
+
+    def forward(self, x_in, c_noise, mask=None, map=None):
+        B, A, _ = x_in.shape
+        if mask is None:
+            mask = torch.ones(B, A, dtype=torch.bool, device=x_in.device)
+        if map is None:
+            raise ValueError("the traffic network needs cond['map'] (the rasterised road)")
+        temb = self.time(sinusoidal(c_noise.reshape(B).to(x_in.device), self.hidden))
+        h = (self.embed(x_in) + temb[:, None, :]) * mask[..., None]
+        p = self.pair_encoding(x_in, temb)
+        tokens = self.map(map)
+        for block in self.blocks:
+            h = block(h, p, mask, tokens)
+        return h
+
+
+class TrafficDenoiser(nn.Module):
+    """The DDPM network (epsilon-prediction): ``forward(x_in, c_noise, **cond)`` -> ``[B, A, 7]``.
+
+    Options: ``hidden`` (H), ``heads``, ``layers`` (self/cross pairs), ``ff_mult``,
+    ``map_width`` (CNN channels), ``distance_scale`` (RPE frequency scale).
+    """
+
+    def __init__(self, **options):
+        super().__init__()
+        self.backbone = TrafficBackbone(**options)
+        h = self.backbone.hidden
+        self.head = nn.Sequential(nn.LayerNorm(h), mlp(h, h, N_FEATURES))
+
+    def forward(self, x_in, c_noise, mask=None, map=None, **_):
+        if mask is None:
+            mask = torch.ones(x_in.shape[:2], dtype=torch.bool, device=x_in.device)
+        h = self.backbone(x_in, c_noise, mask, map)
+        return self.head(h) * mask[..., None]
+
+
+class TrafficClassifier(nn.Module):
+    """Time-dependent classifier: ``granularity="element"`` gives one logit per agent
+    ``[B, A]`` (by-agent), ``"sample"`` one per scene ``[B]`` (by-scene, masked mean pooling).
+    Other options as :class:`TrafficDenoiser`."""
+
+    def __init__(self, granularity: str = "element", **options):
+        super().__init__()
+        if granularity not in ("element", "sample"):
+            raise ValueError(f"granularity must be 'element' or 'sample', got {granularity!r}")
+        self.granularity = granularity
+        self.backbone = TrafficBackbone(**options)
+        h = self.backbone.hidden
+        self.head = nn.Sequential(nn.LayerNorm(h), mlp(h, h, 1 if granularity == "element" else h))
+        self.scene_head = mlp(h, h, 1) if granularity == "sample" else None
+
+    def forward(self, x_in, c_noise, mask=None, map=None, **_):
+        if mask is None:
+            mask = torch.ones(x_in.shape[:2], dtype=torch.bool, device=x_in.device)
+        h = self.head(self.backbone(x_in, c_noise, mask, map))
+        if self.granularity == "element":
+            return h.squeeze(-1) * mask
+        m = mask[..., None].to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.scene_head(pooled).squeeze(-1)
+
+
+def by_agent_classifier(**options) -> TrafficClassifier:
+    """Registered as classifier ``traffic-agent``."""
+    return TrafficClassifier(granularity="element", **options)
+
+
+def by_scene_classifier(**options) -> TrafficClassifier:
+    """Registered as classifier ``traffic-scene``."""
+    return TrafficClassifier(granularity="sample", **options)

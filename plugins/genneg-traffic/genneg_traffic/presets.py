@@ -1,0 +1,118 @@
+"""Experiment presets (Sec. 4.2, App. B.2): a CPU-sized one and the paper-sized one, with the
+by-scene / by-agent and w/o IS variants of Table 1.
+
+Every variant of one size shares its dataset (and, through ``genneg traffic table``, one
+trained baseline via ``RunConfig.baseline_from``). The oracle is pointed at the dataset's
+directory (``<data_root>/traffic/<name>``): that is where the map polygons and the feature
+normalisation live.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from genneg.config import (ClassifierConfig, ComponentSpec, DistillConfig, EvalConfig,
+                           ProcessSpec, RunConfig, SamplingConfig, SynthConfig, TrainConfig)
+
+DATA_ROOT = "~/.cache/genneg"
+
+
+def _data(name: str, source: str, window: dict, source_options: dict, data_root: str):
+    dataset = ComponentSpec(name="traffic", options={
+        "name": name, "source": source, "window": window, "source_options": source_options})
+    oracle = ComponentSpec(name="traffic", options={
+        "dataset_dir": str(Path(data_root) / "traffic" / name)})
+    return dataset, oracle
+
+
+def cpu_preset() -> RunConfig:
+    """Trains in a few minutes on 2 CPU cores: synthetic roads (no SUMO), 12 agents, a 64 px
+    map, H = 64, 2 self/cross pairs, 100 DDPM steps, a by-agent classifier."""
+    net = {"hidden": 64, "heads": 4, "layers": 2, "ff_mult": 2, "map_width": 16}
+    window = {"max_agents": 12, "raster": 64}
+    dataset, oracle = _data("synthetic-cpu", "synthetic", window,
+                            {"cities": 5, "snapshots": 40}, DATA_ROOT)
+    return RunConfig(
+        name="traffic", data_root=DATA_ROOT, dataset=dataset, oracle=oracle,
+        process=ProcessSpec(kind="vp", options={"timesteps": 100, "schedule": "cosine",
+                                                "prediction": "eps"}),
+        denoiser=ComponentSpec(name="traffic", options=net),
+        baseline=TrainConfig(steps=1500, batch_size=64, lr=1e-3, grad_clip=1.0, log_every=250),
+        sampling=SamplingConfig(sampler="ddpm", steps=0, batch_size=500),
+        iterations=1,
+        synth=SynthConfig(n_per_class=500, max_samples=4000, min_per_class=30),
+        classifier=ClassifierConfig(
+            network=ComponentSpec(name="traffic-agent", options=net),
+            train=TrainConfig(steps=400, batch_size=64, lr=1e-3, grad_clip=1.0, log_every=100)),
+        distill=DistillConfig(enabled=False,
+                              train=TrainConfig(steps=400, batch_size=64, lr=3e-4, log_every=100)),
+        eval=EvalConfig(n_samples=1000, elbo_k=8, elbo_points=200, plot_samples=12,
+                        elbo="r-elbo"),
+    )
+
+
+def paper_preset() -> RunConfig:
+    """App. B.2 sizes: H = 196, 4 heads, 6 self/cross pairs (about 6.6M parameters), Adam at
+    1e-4 with batch 64, DDPM with 1000 steps; SUMO data on real networks with 32 agents and a
+    128 px map. Needs ``genneg-traffic[sumo]`` and a GPU."""
+    net = {"hidden": 196, "heads": 4, "layers": 6, "ff_mult": 4, "map_width": 32}
+    window = {"max_agents": 32, "raster": 128}
+    dataset, oracle = _data("sumo-paper", "sumo", window, {}, DATA_ROOT)
+    return RunConfig(
+        name="traffic-paper", device="cuda", data_root=DATA_ROOT, dataset=dataset, oracle=oracle,
+        process=ProcessSpec(kind="vp", options={"timesteps": 1000, "schedule": "linear",
+                                                "prediction": "eps"}),
+        denoiser=ComponentSpec(name="traffic", options=net),
+        baseline=TrainConfig(steps=200_000, batch_size=64, lr=1e-4, grad_clip=1.0,
+                             log_every=1000),
+        sampling=SamplingConfig(sampler="ddpm", steps=0, batch_size=512),
+        iterations=1,
+        synth=SynthConfig(n_per_class=10_000, max_samples=200_000),
+        classifier=ClassifierConfig(
+            network=ComponentSpec(name="traffic-agent", options=net),
+            train=TrainConfig(steps=50_000, batch_size=64, lr=1e-4, grad_clip=1.0,
+                              log_every=1000)),
+        distill=DistillConfig(enabled=False,
+                              train=TrainConfig(steps=100_000, batch_size=64, lr=1e-4,
+                                                log_every=1000)),
+        eval=EvalConfig(n_samples=5000, elbo_k=32, elbo_points=1000, plot_samples=12,
+                        elbo="r-elbo"),
+    )
+
+
+#: Table 1 rows: suffix -> (classifier granularity, weighting, iterations, distill)
+VARIANTS = {
+    "scene-no-is": ("traffic-scene", "no-is", 1, False),
+    "scene": ("traffic-scene", "is", 1, False),
+    "agent-no-is": ("traffic-agent", "no-is", 1, False),
+    "agent": ("traffic-agent", "is", 1, True),
+    "agent-stacked": ("traffic-agent", "is", 2, True),
+}
+
+
+def variant(preset, suffix: str):
+    """``preset`` changed into the Table 1 row ``suffix`` (see :data:`VARIANTS`)."""
+    clf_name, weighting, iterations, distill = VARIANTS[suffix]
+
+    def factory() -> RunConfig:
+        cfg = preset()
+        return attrs.evolve(
+            cfg, name=f"{cfg.name}-{suffix}", iterations=iterations,
+            classifier=attrs.evolve(cfg.classifier, weighting=weighting,
+                                    network=attrs.evolve(cfg.classifier.network, name=clf_name)),
+            distill=attrs.evolve(cfg.distill, enabled=distill),
+        )
+
+    factory.__doc__ = (f"{preset.__name__} as Table 1's {suffix!r} row: {clf_name} classifier, "
+                       f"weighting {weighting!r}, {iterations} iteration(s), distill={distill}.")
+    return factory
+
+
+def all_presets() -> dict:
+    out = {"traffic": cpu_preset, "traffic-paper": paper_preset}
+    for base, preset in (("traffic", cpu_preset), ("traffic-paper", paper_preset)):
+        for suffix in VARIANTS:
+            out[f"{base}-{suffix}"] = variant(preset, suffix)
+    return out
