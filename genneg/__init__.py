@@ -4,7 +4,7 @@ Plugins implement the hooks of :mod:`genneg.hookspecs`, marked with :data:`hooki
 themselves through the ``genneg`` entry-point group.
 """
 
-from genneg.components import DataSplit, Dataset, Oracle, OracleResult, Splits
+from genneg.components import Dataset, DataSplit, Oracle, OracleResult, Splits
 from genneg.plugins import hookimpl
 
 __all__ = ["DataSplit", "Dataset", "Oracle", "OracleResult", "Splits", "hookimpl"]

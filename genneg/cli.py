@@ -33,12 +33,26 @@ def cli():
 
 @cli.command("run")
 @click.argument("preset")
-@click.option("--config", "files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="TOML file overriding the preset (repeatable).")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Override one config key, e.g. --set classifier.train.steps=500.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run directory (default: runs/<preset>).")
+@click.option(
+    "--config",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML file overriding the preset (repeatable).",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config key, e.g. --set classifier.train.steps=500.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directory (default: runs/<preset>).",
+)
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last finished stage.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
@@ -111,12 +125,12 @@ def presets_cmd():
 
 
 def _add_plugin_commands() -> None:
+    import importlib.metadata
+
     import pluggy
 
     from genneg import hookspecs
     from genneg.plugins import ENTRY_POINT_GROUP
-
-    import importlib.metadata
 
     pm = pluggy.PluginManager("genneg")
     pm.add_hookspecs(hookspecs)

@@ -13,7 +13,7 @@ Conventions shared by all domains:
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import torch
@@ -89,8 +89,8 @@ class Dataset(abc.ABC):
         return None
 
 
-class DenoiserNetwork(abc.ABC):
-    """Documentation of the network contract (not a base class to inherit from).
+class DenoiserNetwork(Protocol):
+    """The denoiser network contract (a protocol: no need to inherit from it).
 
     ``forward(x_in, c_noise, **cond)`` takes the preconditioned input ``x_in`` (same shape as a
     sample), the noise conditioning ``c_noise`` (``[B]``; ``ln(sigma)/4`` for EDM, the DDPM step
@@ -98,8 +98,8 @@ class DenoiserNetwork(abc.ABC):
     """
 
 
-class ClassifierNetwork(abc.ABC):
-    """Documentation of the classifier network contract.
+class ClassifierNetwork(Protocol):
+    """The classifier network contract (a protocol: no need to inherit from it).
 
     ``granularity`` is ``"sample"`` (logits ``[B]``) or ``"element"`` (logits ``[B, N]``, one
     per agent or frame; ``log C(x) = sum over real elements of log sigmoid(logit)``).

@@ -61,7 +61,9 @@ def edm_elbo(denoiser, x0, cond, process, *, k: int = 32, generator=None) -> tor
     diffusion = torch.zeros_like(dims)
     for j in range(k):
         sigma = torch.exp(u[:, j])
-        xt = x0 + broadcast(sigma, x0) * torch.randn(x0.shape, generator=generator, device=x0.device)
+        xt = x0 + broadcast(sigma, x0) * torch.randn(
+            x0.shape, generator=generator, device=x0.device
+        )
         e = masked_sum((x0 - denoiser(xt, sigma, **cond)) ** 2, cond)
         diffusion = diffusion + e / sigma**2
     diffusion = (hi - lo) * diffusion / k
@@ -78,8 +80,9 @@ def _vp_tables(process):
 
 
 @torch.no_grad()
-def ddpm_elbo(denoiser, x0, cond, process, *, k: int = 32, generator=None,
-              reweighted: bool = False) -> torch.Tensor:
+def ddpm_elbo(
+    denoiser, x0, cond, process, *, k: int = 32, generator=None, reweighted: bool = False
+) -> torch.Tensor:
     """Per-sample discrete variational bound (nats) of ``x0`` under a DDPM ``denoiser``
     (``reweighted=True``: the r-ELBO)."""
     cond = cond or {}
@@ -126,8 +129,9 @@ def elbo(denoiser, x0, cond, process, *, k: int = 32, generator=None) -> torch.T
     return ddpm_elbo(denoiser, x0, cond, process, k=k, generator=generator)
 
 
-def elbo_per_dim(denoiser, split, process, *, k: int = 32, batch_size: int = 1000,
-                 generator=None) -> tuple[float, float]:
+def elbo_per_dim(
+    denoiser, split, process, *, k: int = 32, batch_size: int = 1000, generator=None
+) -> tuple[float, float]:
     """Mean ELBO in nats per dimension over a data split, and its standard error."""
     values = []
     for start in range(0, len(split), batch_size):

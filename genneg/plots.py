@@ -34,13 +34,23 @@ def stage_curves(rows, path, *, ceiling: float | None = None) -> None:
     distilled = [r for r in rows if r["stage"] == "distill"]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     xs = list(range(len(iters)))
-    for ax, key, label in ((axes[0], "infraction", "infraction (%)"), (axes[1], "elbo", "ELBO (nats/dim)")):
+    for ax, key, label in (
+        (axes[0], "infraction", "infraction (%)"),
+        (axes[1], "elbo", "ELBO (nats/dim)"),
+    ):
         ys = [r[key] for r in iters]
         es = [r.get(f"{key}_se", 0.0) for r in iters]
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="Gen-neG (stacked)")
         for r in distilled:
-            ax.plot([len(iters) - 1], [r[key]], marker="*", ms=12, color="tab:orange",
-                    linestyle="none", label="distilled")
+            ax.plot(
+                [len(iters) - 1],
+                [r[key]],
+                marker="*",
+                ms=12,
+                color="tab:orange",
+                linestyle="none",
+                label="distilled",
+            )
         ax.set_xticks(xs)
         ax.set_xticklabels([r["stage"] for r in iters], rotation=0, fontsize=8)
         ax.set_ylabel(label)

@@ -179,7 +179,9 @@ def build_registry(extra_plugins: dict[str, Any] | None = None, autoload: bool |
             try:
                 load(ep.name, version, ep.load())
             except Exception as exc:  # a broken plugin must not take the others down
-                registry.failures.append(LoadFailure(ep.name, version, f"{type(exc).__name__}: {exc}"))
+                registry.failures.append(
+                    LoadFailure(ep.name, version, f"{type(exc).__name__}: {exc}")
+                )
                 warnings.warn(
                     f"genneg plugin {ep.name!r} ({dist} {version}) failed to load: {exc}",
                     stacklevel=2,

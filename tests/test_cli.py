@@ -11,7 +11,8 @@ from tests import toy_plugin
 
 def use_toy_registry():
     presets = types.SimpleNamespace(
-        register_presets=hookimpl(lambda register: register("toy", toy_plugin.toy_config)))
+        register_presets=hookimpl(lambda register: register("toy", toy_plugin.toy_config))
+    )
     set_registry(build_registry({"toy": toy_plugin, "toy-presets": presets}, autoload=False))
 
 
@@ -43,12 +44,35 @@ def test_bad_set_names_the_key():
 def test_run_then_eval(tmp_path):
     use_toy_registry()
     runner = CliRunner()
-    out = runner.invoke(cli, ["run", "toy", "--out", str(tmp_path / "r"), "--set", "iterations=1",
-                              "--set", "distill.enabled=false", "--no-progress"])
+    out = runner.invoke(
+        cli,
+        [
+            "run",
+            "toy",
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "iterations=1",
+            "--set",
+            "distill.enabled=false",
+            "--no-progress",
+        ],
+    )
     assert out.exit_code == 0, out.output
     out = runner.invoke(cli, ["eval", str(tmp_path / "r")])
     assert out.exit_code == 0
     assert "| baseline |" in out.output and "| iter1 |" in out.output
-    again = runner.invoke(cli, ["run", "toy", "--out", str(tmp_path / "r"), "--set",
-                                "iterations=1", "--set", "distill.enabled=false"])
+    again = runner.invoke(
+        cli,
+        [
+            "run",
+            "toy",
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "iterations=1",
+            "--set",
+            "distill.enabled=false",
+        ],
+    )
     assert again.exit_code != 0 and "--resume" in again.output

@@ -5,7 +5,8 @@ from genneg import config as c
 
 def base():
     return c.RunConfig(
-        dataset=c.ComponentSpec(name="d"), oracle=c.ComponentSpec(name="o"),
+        dataset=c.ComponentSpec(name="d"),
+        oracle=c.ComponentSpec(name="o"),
         denoiser=c.ComponentSpec(name="n"),
         classifier=c.ClassifierConfig(network=c.ComponentSpec(name="n")),
     )

@@ -42,7 +42,9 @@ def exact_ddpm_bound(data, process, x0):
     post = betas * (1 - abar_prev) / (1 - abar)
     d = x0.shape[1]
     sig = process.sigmas64
-    kl = sum(coef[t] ** 2 * data.posterior_var(sig[t]) / (2 * post[t]) for t in range(1, len(betas)))
+    kl = sum(
+        coef[t] ** 2 * data.posterior_var(sig[t]) / (2 * post[t]) for t in range(1, len(betas))
+    )
     aT = abar[-1]
     prior = 0.5 * (d * ((1 - aT) - 1 - math.log(1 - aT)) + aT * (x0.double() ** 2).sum(1))
     var0 = betas[0]
@@ -73,8 +75,20 @@ def test_masked_elements_do_not_count():
     mask = torch.tensor([True, True, False]).expand(200, 3)
     garbage = x0.clone()
     garbage[:, 2] = 1e3
-    a = edm_elbo(data.denoiser, x0, {"mask": mask}, EDMProcess(), k=8,
-                 generator=torch.Generator().manual_seed(4))
-    b = edm_elbo(data.denoiser, garbage, {"mask": mask}, EDMProcess(), k=8,
-                 generator=torch.Generator().manual_seed(4))
+    a = edm_elbo(
+        data.denoiser,
+        x0,
+        {"mask": mask},
+        EDMProcess(),
+        k=8,
+        generator=torch.Generator().manual_seed(4),
+    )
+    b = edm_elbo(
+        data.denoiser,
+        garbage,
+        {"mask": mask},
+        EDMProcess(),
+        k=8,
+        generator=torch.Generator().manual_seed(4),
+    )
     assert torch.allclose(a, b)

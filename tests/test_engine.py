@@ -23,11 +23,22 @@ def registry():
 def test_end_to_end_toy_run(tmp_path, registry):
     rows = run(toy_config(), tmp_path / "r", registry=registry, progress=False, quiet=True)
     assert [r["stage"] for r in rows] == ["baseline", "iter1", "iter2", "distill"]
-    for name in ("config.toml", "log.txt", "metrics.jsonl", "state.json", "results.md",
-                 "plots/curves.png", "plots/samples_iter1.png", "ckpt/iter2.pt"):
+    for name in (
+        "config.toml",
+        "log.txt",
+        "metrics.jsonl",
+        "state.json",
+        "results.md",
+        "plots/curves.png",
+        "plots/samples_iter1.png",
+        "ckpt/iter2.pt",
+    ):
         assert (tmp_path / "r" / name).exists(), name
-    synth = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-             if '"synth"' in line]
+    synth = [
+        json.loads(line)
+        for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+        if '"synth"' in line
+    ]
     assert len(synth) == 2 and all(0 < s["alpha"] < 1 for s in synth)
     assert rows[1]["n_classifiers"] == 1 and rows[2]["n_classifiers"] == 2
     assert rows[0]["nfe_per_sample"] == 15  # Heun: 2 * 8 - 1 evaluations
@@ -56,8 +67,9 @@ def test_resume_after_interruption_gives_the_same_results(tmp_path, registry, mo
     monkeypatch.setattr(runner, "train_classifier", real)
     with pytest.raises(RunError, match="--resume"):
         run(toy_config(), tmp_path / "r", registry=registry, progress=False, quiet=True)
-    resumed = run(toy_config(), tmp_path / "r", resume=True, registry=registry, progress=False,
-                  quiet=True)
+    resumed = run(
+        toy_config(), tmp_path / "r", resume=True, registry=registry, progress=False, quiet=True
+    )
     assert [r["stage"] for r in resumed] == [r["stage"] for r in reference]
     for a, b in zip(resumed, reference):
         assert a["infraction"] == b["infraction"] and a["elbo"] == pytest.approx(b["elbo"])
@@ -66,8 +78,14 @@ def test_resume_after_interruption_gives_the_same_results(tmp_path, registry, mo
 def test_resume_with_another_config_names_the_difference(tmp_path, registry):
     run(toy_config(iterations=0), tmp_path / "r", registry=registry, progress=False, quiet=True)
     with pytest.raises(RunError, match="differs in iterations, seed"):
-        run(toy_config(iterations=1, seed=3), tmp_path / "r", resume=True, registry=registry,
-            progress=False, quiet=True)
+        run(
+            toy_config(iterations=1, seed=3),
+            tmp_path / "r",
+            resume=True,
+            registry=registry,
+            progress=False,
+            quiet=True,
+        )
 
 
 def test_corrupt_checkpoint_is_reported_on_resume(tmp_path, registry):
@@ -75,8 +93,14 @@ def test_corrupt_checkpoint_is_reported_on_resume(tmp_path, registry):
     ckpt = tmp_path / "r" / "ckpt" / "baseline.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        run(toy_config(iterations=0), tmp_path / "r", resume=True, registry=registry,
-            progress=False, quiet=True)
+        run(
+            toy_config(iterations=0),
+            tmp_path / "r",
+            resume=True,
+            registry=registry,
+            progress=False,
+            quiet=True,
+        )
 
 
 class Payload:
@@ -132,7 +156,7 @@ class FixedSampler:
         self.x, self.pos, self.batch_size = x, 0, 100
 
     def sample(self, denoiser, n, generator):
-        out = self.x[self.pos:self.pos + n]
+        out = self.x[self.pos : self.pos + n]
         self.pos += n
         return DataSplit(x=out)
 
@@ -142,9 +166,16 @@ def test_alpha_counts_every_drawn_sample():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5000, 2, generator=g)
     x[:, 0] = torch.where(torch.rand(5000, generator=g) < 0.1, -1.0, 1.0)  # 10 % invalid
-    res = draw_labelled(FixedSampler(x), None, HalfPlane(0.0), "half",
-                        SynthConfig(n_per_class=200, max_samples=5000, min_per_class=10),
-                        keep_natural=True, generator=g, progress=False)
+    res = draw_labelled(
+        FixedSampler(x),
+        None,
+        HalfPlane(0.0),
+        "half",
+        SynthConfig(n_per_class=200, max_samples=5000, min_per_class=10),
+        keep_natural=True,
+        generator=g,
+        progress=False,
+    )
     drawn = res.n_drawn
     n_pos_expected = int((x[:drawn, 0] > 0).sum())
     assert res.n_positive == n_pos_expected
@@ -160,9 +191,16 @@ def test_alpha_counts_every_drawn_sample():
 def test_budget_without_negatives_stops_with_a_message():
     x = torch.ones(1000, 2)
     with pytest.raises(NoNegativesError, match="only 0 infracting samples in 1000 drawn"):
-        draw_labelled(FixedSampler(x), None, HalfPlane(0.0), "half",
-                      SynthConfig(n_per_class=200, max_samples=1000, min_per_class=10),
-                      keep_natural=False, generator=None, progress=False)
+        draw_labelled(
+            FixedSampler(x),
+            None,
+            HalfPlane(0.0),
+            "half",
+            SynthConfig(n_per_class=200, max_samples=1000, min_per_class=10),
+            keep_natural=False,
+            generator=None,
+            progress=False,
+        )
 
 
 def test_nonfinite_samples_are_never_labelled_valid():

@@ -16,9 +16,19 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "genneg-example-ora
 def installed(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-         str(EXAMPLE)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     sys.path.insert(0, str(target))
@@ -52,8 +62,11 @@ def test_example_plugin_drives_a_run(installed, monkeypatch, tmp_path):
     monkeypatch.setenv("GENNEG_PLUGINS", "example-oracle")
     registry = build_registry({"toy": toy_plugin})
     cfg = toy_plugin.toy_config(iterations=1)
-    cfg = attrs.evolve(cfg, oracle=attrs.evolve(cfg.oracle, name="right-half"),
-                       distill=attrs.evolve(cfg.distill, enabled=False))
+    cfg = attrs.evolve(
+        cfg,
+        oracle=attrs.evolve(cfg.oracle, name="right-half"),
+        distill=attrs.evolve(cfg.distill, enabled=False),
+    )
     rows = run(cfg, tmp_path / "r", registry=registry, progress=False, quiet=True)
     assert [r["stage"] for r in rows] == ["baseline", "iter1"]
     assert "left-half" in rows[0]["categories"]

@@ -76,10 +76,17 @@ class FakeEntryPoint:
 
 def test_broken_plugin_is_reported_and_others_keep_working(monkeypatch):
     good = plugin(register_oracles=lambda register: register("tiny", TinyOracle))
-    half = plugin(register_oracles=lambda register: (register("half", TinyOracle),
-                                                     register("half", TinyOracle)))
-    eps = [FakeEntryPoint("broken", error=ImportError("no module named shapelyy")),
-           FakeEntryPoint("half", half), FakeEntryPoint("good", good)]
+    half = plugin(
+        register_oracles=lambda register: (
+            register("half", TinyOracle),
+            register("half", TinyOracle),
+        )
+    )
+    eps = [
+        FakeEntryPoint("broken", error=ImportError("no module named shapelyy")),
+        FakeEntryPoint("half", half),
+        FakeEntryPoint("good", good),
+    ]
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps)
     with pytest.warns(UserWarning, match="'broken' \\(genneg-broken 9.9\\) failed to load"):
         reg = build_registry(autoload=True)
@@ -113,6 +120,7 @@ def test_oracle_result_validation_names_the_problem():
         validate_oracle_result(OracleResult(valid=torch.ones(3)), 3, (), "o")
     with pytest.raises(ValueError, match="unknown category 'x'"):
         validate_oracle_result(
-            OracleResult(valid=ok.valid, categories={"x": ok.valid}), 3, ("y",), "o")
+            OracleResult(valid=ok.valid, categories={"x": ok.valid}), 3, ("y",), "o"
+        )
     with pytest.raises(ValueError, match="not OracleResult"):
         validate_oracle_result(ok.valid, 3, (), "o")

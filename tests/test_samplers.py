@@ -25,8 +25,9 @@ def test_sampler_recovers_gaussian_data(name, process, steps):
     data = GaussianData(mu=0.3, s=0.7, dim=2)
     g = torch.Generator().manual_seed(1)
     x = process.sample_prior((20_000, 2), g)
-    out = samplers.BUILTIN_SAMPLERS[name](data.denoiser, x, process.sampling_sigmas(steps),
-                                          generator=g)
+    out = samplers.BUILTIN_SAMPLERS[name](
+        data.denoiser, x, process.sampling_sigmas(steps), generator=g
+    )
     se_mean = data.s / math.sqrt(out.numel())
     assert abs(out.mean().item() - data.mu) < 5 * se_mean
     assert out.std().item() == pytest.approx(data.s, rel=0.03)
@@ -39,8 +40,9 @@ def test_ddpm_sampler_keeps_ddpm_arithmetic():
     proc = VPProcess(VPConfig(timesteps=50, schedule="cosine"))
     data = GaussianData(mu=-0.2, s=0.5, dim=3)
     x_init = proc.sample_prior((8, 3), torch.Generator().manual_seed(3))
-    ours = samplers.ddpm_ancestral(data.denoiser, x_init, proc.sampling_sigmas(),
-                                   generator=torch.Generator().manual_seed(4))
+    ours = samplers.ddpm_ancestral(
+        data.denoiser, x_init, proc.sampling_sigmas(), generator=torch.Generator().manual_seed(4)
+    )
 
     betas = proc.betas
     abar = np.cumprod(1 - betas)
@@ -54,8 +56,9 @@ def test_ddpm_sampler_keeps_ddpm_arithmetic():
         sigma = math.sqrt((1 - abar[t]) / abar[t])
         x0 = data.denoiser((x / math.sqrt(abar[t])).float(), torch.full((8,), sigma)).double()
         mean = coef1[t] * x0 + coef2[t] * x
-        x = mean + (math.sqrt(post_var[t]) * torch.randn(x.shape, generator=g).double()
-                    if t > 0 else 0)
+        x = mean + (
+            math.sqrt(post_var[t]) * torch.randn(x.shape, generator=g).double() if t > 0 else 0
+        )
     assert torch.allclose(ours.double(), x, atol=1e-4)
 
 

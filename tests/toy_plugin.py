@@ -6,10 +6,16 @@ import torch
 from torch import nn
 
 from genneg import hookimpl
-from genneg.components import DataSplit, Dataset, Oracle, OracleResult, Splits
+from genneg.components import Dataset, DataSplit, Oracle, OracleResult, Splits
 from genneg.config import (
-    ClassifierConfig, ComponentSpec, DistillConfig, EvalConfig, RunConfig, SamplingConfig,
-    SynthConfig, TrainConfig,
+    ClassifierConfig,
+    ComponentSpec,
+    DistillConfig,
+    EvalConfig,
+    RunConfig,
+    SamplingConfig,
+    SynthConfig,
+    TrainConfig,
 )
 
 
@@ -45,8 +51,13 @@ class HalfPlane(Oracle):
 class MLP(nn.Module):
     def __init__(self, out=2, hidden=32):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
-                                 nn.SiLU(), nn.Linear(hidden, out))
+        self.net = nn.Sequential(
+            nn.Linear(3, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, out),
+        )
 
     def forward(self, x_in, c_noise, **cond):
         return self.net(torch.cat([x_in, c_noise[:, None]], dim=1))
@@ -94,9 +105,10 @@ def toy_config(**changes) -> RunConfig:
         sampling=SamplingConfig(sampler="edm-heun", steps=8, batch_size=1000),
         iterations=2,
         synth=SynthConfig(n_per_class=300, max_samples=6000, min_per_class=20),
-        classifier=ClassifierConfig(network=ComponentSpec(name="mlp"),
-                                    train=TrainConfig(steps=100, batch_size=256, lr=3e-3,
-                                                      log_every=50)),
+        classifier=ClassifierConfig(
+            network=ComponentSpec(name="mlp"),
+            train=TrainConfig(steps=100, batch_size=256, lr=3e-3, log_every=50),
+        ),
         distill=DistillConfig(train=TrainConfig(steps=40, batch_size=200, log_every=20)),
         eval=EvalConfig(n_samples=1000, elbo_k=4, elbo_points=200, plot_samples=500),
     )

@@ -66,16 +66,26 @@ def edm_heun(
 
 
 @torch.no_grad()
-def edm_heun_stochastic(denoiser, x, sigmas, *, s_churn=40.0, s_tmin=0.05, s_tmax=50.0,
-                        s_noise=1.003, **kwargs):
+def edm_heun_stochastic(
+    denoiser, x, sigmas, *, s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003, **kwargs
+):
     """EDM Algorithm 2 with the churn settings EDM used for ImageNet."""
-    return edm_heun(denoiser, x, sigmas, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
-                    s_noise=s_noise, **kwargs)
+    return edm_heun(
+        denoiser,
+        x,
+        sigmas,
+        s_churn=s_churn,
+        s_tmin=s_tmin,
+        s_tmax=s_tmax,
+        s_noise=s_noise,
+        **kwargs,
+    )
 
 
 @torch.no_grad()
-def euler_maruyama(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
-                   progress=False):
+def euler_maruyama(
+    denoiser, x, sigmas, *, cond=None, generator=None, callback=None, progress=False
+):
     """Euler-Maruyama on the reverse VE SDE ``dx = -2 sigma dsigma * score + sqrt(2 sigma) dw``
     (Song et al. 2021, reverse-diffusion predictor): the drift moves
     ``(sigma_i^2 - sigma_{i+1}^2) * score`` and the noise has that variance."""
@@ -92,8 +102,7 @@ def euler_maruyama(denoiser, x, sigmas, *, cond=None, generator=None, callback=N
 
 
 @torch.no_grad()
-def ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, progress=False,
-         eta=0.0):
+def ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, progress=False, eta=0.0):
     """DDIM (Song et al. 2021, Eq. 12) in sigma coordinates. With ``eta = 0`` it is the Euler
     step of the probability-flow ODE, ``x' = x0_hat + sigma' * eps_hat``; ``eta = 1`` gives
     DDPM-like ancestral noise."""
@@ -118,8 +127,9 @@ def ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, progr
 
 
 @torch.no_grad()
-def ddpm_ancestral(denoiser, x, sigmas, *, cond=None, generator=None, callback=None,
-                   progress=False):
+def ddpm_ancestral(
+    denoiser, x, sigmas, *, cond=None, generator=None, callback=None, progress=False
+):
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) with the "fixed small" posterior
     variance, in DDPM's own float64 arithmetic. ``alphas_cumprod`` follow from the sigmas
     (``abar = 1 / (1 + sigma^2)``), and betas of a respaced schedule from their ratios, as

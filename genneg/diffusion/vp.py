@@ -1,7 +1,8 @@
 """The discrete VP / DDPM process (Ho et al. 2020) written in genneg's sigma coordinates.
 
-DDPM's ``x_t^vp = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` is ``x = x0 + sigma_t eps`` scaled by
-``sqrt(abar_t)``, with ``sigma_t = sqrt((1 - abar_t) / abar_t)``; so ``x_vp = x / sqrt(1 + sigma^2)``.
+DDPM's ``x_t^vp = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` is ``x = x0 + sigma_t eps`` scaled
+by ``sqrt(abar_t)``, with ``sigma_t = sqrt((1 - abar_t) / abar_t)``; so
+``x_vp = x / sqrt(1 + sigma^2)``.
 A network trained as DDPM (epsilon- or x0-prediction, integer step ``t``) becomes a denoiser
 ``D(x; sigma)`` by that change of coordinates. The schedule arithmetic is float64, as
 improved-diffusion and MDM do it, so an MDM checkpoint samples as upstream.
@@ -43,7 +44,10 @@ def beta_schedule(name: str, timesteps: int) -> np.ndarray:
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
         return np.array(
-            [min(1 - abar((i + 1) / timesteps) / abar(i / timesteps), 0.999) for i in range(timesteps)],
+            [
+                min(1 - abar((i + 1) / timesteps) / abar(i / timesteps), 0.999)
+                for i in range(timesteps)
+            ],
             dtype=np.float64,
         )
     raise ValueError(f"unknown beta schedule {name!r}; choose from {SCHEDULES}")

@@ -19,8 +19,9 @@ def training_set(synth, weighting: str):
     return _cat([synth.positives, synth.negatives])
 
 
-def train_classifier(classifier, synth, *, weighting, process, train, generator, progress=True,
-                     log=None):
+def train_classifier(
+    classifier, synth, *, weighting, process, train, generator, progress=True, log=None
+):
     """Fit ``classifier`` (a :class:`TimeClassifier`) on ``x_t = x0 + sigma eps`` of the
     synthetic set with the importance-weighted BCE of Eq. (13) (or an ablation)."""
     data = training_set(synth, weighting)
@@ -38,8 +39,14 @@ def train_classifier(classifier, synth, *, weighting, process, train, generator,
         sigma = process.sample_classifier_sigma(x0.shape[0], generator, x0.device)
         xt = x0 + broadcast(sigma, x0) * torch.randn(x0.shape, generator=generator)
         logits = classifier(xt, sigma, **cond)
-        return weighted_bce(logits, batch.labels, weights, element_labels=batch.element_labels,
-                            mask=cond.get("mask"))
+        return weighted_bce(
+            logits,
+            batch.labels,
+            weights,
+            element_labels=batch.element_labels,
+            mask=cond.get("mask"),
+        )
 
-    return fit(classifier.parameters(), loss_fn, train, desc="classifier", progress=progress,
-               log=log)
+    return fit(
+        classifier.parameters(), loss_fn, train, desc="classifier", progress=progress, log=log
+    )

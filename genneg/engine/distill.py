@@ -9,8 +9,9 @@ from genneg.diffusion.shapes import broadcast
 from genneg.engine.train import fit, minibatch
 
 
-def score_matching_distill(student, teacher, data, *, process, train, generator, progress=True,
-                           log=None):
+def score_matching_distill(
+    student, teacher, data, *, process, train, generator, progress=True, log=None
+):
     """Train ``student`` in place to match ``teacher`` on noised true data (Eq. 14).
 
     ``|s_teacher - s_student|^2 = |D_teacher - D_student|^2 / sigma^4``; we weight the

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from genneg.elbo import ddpm_elbo, edm_elbo
 from genneg.diffusion.loss import real_dims
+from genneg.elbo import ddpm_elbo, edm_elbo
 from genneg.engine.synth import label_batch
 
 
@@ -54,8 +54,15 @@ def elbo_metrics(denoiser, split, process, *, k, points, kind, generator, batch_
         if process.kind == "edm":
             e = edm_elbo(denoiser, part.x, part.cond, process, k=k, generator=generator)
         else:
-            e = ddpm_elbo(denoiser, part.x, part.cond, process, k=k, generator=generator,
-                          reweighted=(kind == "r-elbo"))
+            e = ddpm_elbo(
+                denoiser,
+                part.x,
+                part.cond,
+                process,
+                k=k,
+                generator=generator,
+                reweighted=(kind == "r-elbo"),
+            )
         values.append(e / real_dims(part.x, part.cond))
     v = torch.cat(values).double()
     se = float(v.std(unbiased=True) / math.sqrt(len(v))) if len(v) > 1 else 0.0

@@ -17,8 +17,7 @@ def results_table(rows, *, categories=(), ceiling=None) -> str:
     head = ["stage", "infraction %"] + [f"{c} %" for c in categories]
     if has_element:
         head.append("per element %")
-    head += [f"{'r-ELBO' if kind == 'r-elbo' else 'ELBO'} (nats/dim)", "NFE/sample",
-             "ms/sample"]
+    head += [f"{'r-ELBO' if kind == 'r-elbo' else 'ELBO'} (nats/dim)", "NFE/sample", "ms/sample"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["stage"], _pm(r["infraction"], r["infraction_se"])]
@@ -35,6 +34,8 @@ def results_table(rows, *, categories=(), ceiling=None) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if ceiling is not None:
         lines.append("")
-        lines.append(f"True data log-density on the same points: {ceiling:.3f} nats/dim "
-                     "(the ceiling the ELBO is measured against).")
+        lines.append(
+            f"True data log-density on the same points: {ceiling:.3f} nats/dim "
+            "(the ceiling the ELBO is measured against)."
+        )
     return "\n".join(lines)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -48,8 +48,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 def versions() -> dict:
     import genneg
 
-    return {"genneg": genneg.__version__, "torch": str(torch.__version__),
-            "python": platform.python_version()}
+    return {
+        "genneg": genneg.__version__,
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+    }
 
 
 class RunDir:

@@ -72,13 +72,23 @@ class Experiment:
         check_splits(self.splits)
         self.oracle = build.make_oracle(registry, cfg.oracle)
         sampler_fn = registry.get("samplers", cfg.sampling.sampler)
-        self.sampler = ModelSampler(sampler_fn, self.process, cfg.sampling.steps,
-                                    cfg.sampling.options, self.splits.train,
-                                    cfg.sampling.batch_size)
+        self.sampler = ModelSampler(
+            sampler_fn,
+            self.process,
+            cfg.sampling.steps,
+            cfg.sampling.options,
+            self.splits.train,
+            cfg.sampling.batch_size,
+        )
         synth_steps = cfg.synth.steps or cfg.sampling.steps
-        self.synth_sampler = ModelSampler(sampler_fn, self.process, synth_steps,
-                                          cfg.sampling.options, self.splits.train,
-                                          cfg.sampling.batch_size)
+        self.synth_sampler = ModelSampler(
+            sampler_fn,
+            self.process,
+            synth_steps,
+            cfg.sampling.options,
+            self.splits.train,
+            cfg.sampling.batch_size,
+        )
         self.base = build.make_denoiser(registry, cfg.denoiser, self.process)
         self.config_toml = config_mod.dumps_toml(cfg)
 
@@ -91,25 +101,40 @@ class Experiment:
     # --- evaluation ---
     def evaluate(self, stage: str, model) -> dict:
         cfg = self.cfg
-        self.rd.log(f"{stage}: evaluating ({cfg.eval.n_samples} samples, ELBO on "
-                    f"{cfg.eval.elbo_points} {cfg.eval.elbo_split} points)")
+        self.rd.log(
+            f"{stage}: evaluating ({cfg.eval.n_samples} samples, ELBO on "
+            f"{cfg.eval.elbo_points} {cfg.eval.elbo_split} points)"
+        )
         counting = CountingDenoiser(model)
         t0 = time.perf_counter()
-        samples = self.sampler.sample(counting, cfg.eval.n_samples,
-                                      stage_generator(cfg.seed, stage, "eval-samples"))
+        samples = self.sampler.sample(
+            counting, cfg.eval.n_samples, stage_generator(cfg.seed, stage, "eval-samples")
+        )
         seconds = time.perf_counter() - t0
         metrics, finite, part, result = infraction_metrics(self.oracle, cfg.oracle.name, samples)
         split = getattr(self.splits, cfg.eval.elbo_split)
-        elbo = elbo_metrics(model, split, self.process, k=cfg.eval.elbo_k,
-                            points=cfg.eval.elbo_points, kind=cfg.eval.elbo,
-                            generator=stage_generator(cfg.seed, "eval", "elbo"))
-        row = {"stage": stage, **metrics, **elbo,
-               "nfe_per_sample": counting.sample_evals / len(samples),
-               "seconds_per_sample": seconds / len(samples),
-               "n_classifiers": len(getattr(model, "classifiers", ()))}
+        elbo = elbo_metrics(
+            model,
+            split,
+            self.process,
+            k=cfg.eval.elbo_k,
+            points=cfg.eval.elbo_points,
+            kind=cfg.eval.elbo,
+            generator=stage_generator(cfg.seed, "eval", "elbo"),
+        )
+        row = {
+            "stage": stage,
+            **metrics,
+            **elbo,
+            "nfe_per_sample": counting.sample_evals / len(samples),
+            "seconds_per_sample": seconds / len(samples),
+            "n_classifiers": len(getattr(model, "classifiers", ())),
+        }
         self.rd.metric("eval", **row)
-        self.rd.log(f"{stage}: infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} %,"
-                    f" {row['elbo_kind']} {row['elbo']:.4f} ± {row['elbo_se']:.4f} nats/dim")
+        self.rd.log(
+            f"{stage}: infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} %,"
+            f" {row['elbo_kind']} {row['elbo']:.4f} ± {row['elbo_se']:.4f} nats/dim"
+        )
         self.plot_stage(stage, part, result)
         return row
 
@@ -161,8 +186,10 @@ def _prepare_rundir(cfg, out, resume: bool, quiet: bool) -> RunDir:
     text = config_mod.dumps_toml(cfg)
     if toml_path.exists():
         if not resume and rd.state()["done"]:
-            raise RunError(f"{rd.path} already holds a run; pass --resume to continue it or "
-                           "choose another --out")
+            raise RunError(
+                f"{rd.path} already holds a run; pass --resume to continue it or "
+                "choose another --out"
+            )
         if resume and toml_path.read_text() != text:
             old = config_mod.to_dict(config_mod.from_dict(config_mod.load_toml(toml_path)))
             diff = _diff_keys(old, config_mod.to_dict(cfg))
@@ -187,8 +214,9 @@ def _baseline_checkpoint(path: str) -> Path:
     return p / "ckpt" / "baseline.pt" if p.is_dir() else p
 
 
-def run(cfg, out, *, resume: bool = False, registry=None, progress: bool = True,
-        quiet: bool = False) -> list[dict]:
+def run(
+    cfg, out, *, resume: bool = False, registry=None, progress: bool = True, quiet: bool = False
+) -> list[dict]:
     """Run (or resume) a Gen-neG experiment; returns one metrics row per finished stage."""
     registry = registry or get_registry()
     rd = _prepare_rundir(cfg, out, resume, quiet)
@@ -213,14 +241,18 @@ def run(cfg, out, *, resume: bool = False, registry=None, progress: bool = True,
             loss = DenoisingLoss(exp.process)
             train = exp.splits.train
             exp.base.train()
-            hist = fit(exp.base.parameters(),
-                       lambda step: loss(exp.base, *_xc(minibatch(train, cfg.baseline.batch_size,
-                                                                  gen)), gen),
-                       cfg.baseline, desc="baseline", progress=progress, log=log)
-            rd.metric("train", stage="baseline", history=hist,
-                      seconds=time.perf_counter() - t0)
-            log(f"baseline: trained {cfg.baseline.steps} steps in "
-                f"{time.perf_counter() - t0:.1f} s")
+            hist = fit(
+                exp.base.parameters(),
+                lambda step: loss(
+                    exp.base, *_xc(minibatch(train, cfg.baseline.batch_size, gen)), gen
+                ),
+                cfg.baseline,
+                desc="baseline",
+                progress=progress,
+                log=log,
+            )
+            rd.metric("train", stage="baseline", history=hist, seconds=time.perf_counter() - t0)
+            log(f"baseline: trained {cfg.baseline.steps} steps in {time.perf_counter() - t0:.1f} s")
         rd.save("baseline", {"denoiser": exp.base}, exp.config_toml)
         exp.base.eval()
         rows["baseline"] = exp.evaluate("baseline", exp.base)
@@ -245,11 +277,17 @@ def run(cfg, out, *, resume: bool = False, registry=None, progress: bool = True,
             break
         t0 = time.perf_counter()
         try:
-            synth = draw_labelled(exp.synth_sampler, exp.guided(classifiers), exp.oracle,
-                                  cfg.oracle.name, cfg.synth,
-                                  keep_natural=cfg.classifier.weighting == "imbalanced",
-                                  generator=stage_generator(cfg.seed, stage, "synth"),
-                                  progress=progress, log=log)
+            synth = draw_labelled(
+                exp.synth_sampler,
+                exp.guided(classifiers),
+                exp.oracle,
+                cfg.oracle.name,
+                cfg.synth,
+                keep_natural=cfg.classifier.weighting == "imbalanced",
+                generator=stage_generator(cfg.seed, stage, "synth"),
+                progress=progress,
+                log=log,
+            )
         except NoNegativesError as exc:
             log(f"{stage}: stopping the Gen-neG loop: {exc}")
             rd.mark_done("stopped", stopped=str(exc))
@@ -257,14 +295,22 @@ def run(cfg, out, *, resume: bool = False, registry=None, progress: bool = True,
             break
         t_synth = time.perf_counter() - t0
         rd.metric("synth", stage=stage, seconds=t_synth, **synth.summary())
-        log(f"{stage}: drew {synth.n_drawn} samples in {t_synth:.1f} s "
-            f"({synth.n_negative} infracting), alpha = {synth.alpha:.4f}")
+        log(
+            f"{stage}: drew {synth.n_drawn} samples in {t_synth:.1f} s "
+            f"({synth.n_negative} infracting), alpha = {synth.alpha:.4f}"
+        )
         t0 = time.perf_counter()
         clf.train()
-        hist = train_classifier(clf, synth, weighting=cfg.classifier.weighting,
-                                process=exp.process, train=cfg.classifier.train,
-                                generator=stage_generator(cfg.seed, stage, "train"),
-                                progress=progress, log=log)
+        hist = train_classifier(
+            clf,
+            synth,
+            weighting=cfg.classifier.weighting,
+            process=exp.process,
+            train=cfg.classifier.train,
+            generator=stage_generator(cfg.seed, stage, "train"),
+            progress=progress,
+            log=log,
+        )
         rd.metric("train", stage=stage, history=hist, seconds=time.perf_counter() - t0)
         clf.eval().requires_grad_(False)
         classifiers.append(clf)
@@ -283,10 +329,17 @@ def run(cfg, out, *, resume: bool = False, registry=None, progress: bool = True,
             student.requires_grad_(True).train()
             distiller = registry.get("distillers", cfg.distill.distiller)
             t0 = time.perf_counter()
-            hist = distiller(student, exp.guided(classifiers), exp.splits.train,
-                             process=exp.process, train=cfg.distill.train,
-                             generator=stage_generator(cfg.seed, "distill", "train"),
-                             progress=progress, log=log, **cfg.distill.options)
+            hist = distiller(
+                student,
+                exp.guided(classifiers),
+                exp.splits.train,
+                process=exp.process,
+                train=cfg.distill.train,
+                generator=stage_generator(cfg.seed, "distill", "train"),
+                progress=progress,
+                log=log,
+                **cfg.distill.options,
+            )
             rd.metric("train", stage="distill", history=hist, seconds=time.perf_counter() - t0)
             student.eval()
             rd.save("distill", {"denoiser": student}, exp.config_toml)
@@ -311,9 +364,14 @@ def finish(exp: Experiment, rows: list[dict]) -> None:
     ceiling = exp.data_ceiling()
     table = results_table(rows, categories=exp.oracle.categories, ceiling=ceiling)
     atomic_write_text(exp.rd.path / "results.md", table + "\n")
-    atomic_write_text(exp.rd.path / "results.json",
-                      json.dumps({"rows": rows, "data_log_density": ceiling}, indent=1))
+    atomic_write_text(
+        exp.rd.path / "results.json",
+        json.dumps({"rows": rows, "data_log_density": ceiling}, indent=1),
+    )
     if rows:
-        stage_curves(rows, exp.rd.path / "plots" / "curves.png",
-                     ceiling=ceiling if ceiling is not None else math.nan)
+        stage_curves(
+            rows,
+            exp.rd.path / "plots" / "curves.png",
+            ceiling=ceiling if ceiling is not None else math.nan,
+        )
     exp.rd.log("results:\n" + table)

@@ -33,8 +33,9 @@ def resample_conditions(train: DataSplit, n: int, generator) -> tuple[dict, tupl
 class ModelSampler:
     """Samples from a denoiser with a registered sampler, conditions drawn from the data."""
 
-    def __init__(self, sampler_fn, process, steps: int, options: dict, train: DataSplit,
-                 batch_size: int):
+    def __init__(
+        self, sampler_fn, process, steps: int, options: dict, train: DataSplit, batch_size: int
+    ):
         self.sampler_fn = sampler_fn
         self.process = process
         self.sigmas = process.sampling_sigmas(steps) if steps else process.sampling_sigmas()
@@ -51,8 +52,9 @@ class ModelSampler:
             cond, shape = resample_conditions(self.train, b, generator)
             x = self.process.sample_prior((b, *shape), generator)
             t0 = time.perf_counter()
-            x = self.sampler_fn(denoiser, x, self.sigmas, cond=cond, generator=generator,
-                                **self.options)
+            x = self.sampler_fn(
+                denoiser, x, self.sigmas, cond=cond, generator=generator, **self.options
+            )
             self.seconds += time.perf_counter() - t0
             xs.append(x)
             conds.append(cond)

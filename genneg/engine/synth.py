@@ -80,8 +80,18 @@ def _cat(sets: list[LabelledSet]) -> LabelledSet:
     return LabelledSet(data=data, labels=labels, element_labels=els)
 
 
-def draw_labelled(model_sampler, denoiser, oracle, oracle_name, cfg, *, keep_natural: bool,
-                  generator, progress=True, log=None) -> SynthResult:
+def draw_labelled(
+    model_sampler,
+    denoiser,
+    oracle,
+    oracle_name,
+    cfg,
+    *,
+    keep_natural: bool,
+    generator,
+    progress=True,
+    log=None,
+) -> SynthResult:
     """Sample and label until ``cfg.n_per_class`` positives and negatives exist or
     ``cfg.max_samples`` were drawn; keep N of each (and the first 2N drawn if
     ``keep_natural``, for the ``imbalanced`` ablation)."""
@@ -117,21 +127,29 @@ def draw_labelled(model_sampler, denoiser, oracle, oracle_name, cfg, *, keep_nat
         bar.set_postfix(pos=n_pos, neg=n_neg)
     bar.close()
     if n_bad and log is not None:
-        log(f"warning: {n_bad} of {n_pos + n_neg + n_bad} samples were not finite (NaN/inf); "
-            "they were excluded from labelling and from alpha")
+        log(
+            f"warning: {n_bad} of {n_pos + n_neg + n_bad} samples were not finite (NaN/inf); "
+            "they were excluded from labelling and from alpha"
+        )
     drawn = n_pos + n_neg + n_bad
     if k_neg < cfg.min_per_class or k_pos < cfg.min_per_class:
         which = "infracting" if k_neg < cfg.min_per_class else "valid"
+        what = "(almost) no infractions" if which == "infracting" else "almost no valid samples"
         raise NoNegativesError(
             f"only {min(k_neg, k_pos)} {which} samples in {drawn} drawn (budget "
             f"synth.max_samples={cfg.max_samples}, need synth.min_per_class={cfg.min_per_class}):"
-            f" the model has {'(almost) no infractions' if which == 'infracting' else 'almost no valid samples'}"
-            " left to learn from"
+            f" the model has {what} left to learn from"
         )
     if (k_neg < n or k_pos < n) and log is not None:
-        log(f"sample budget reached: kept {k_pos} valid and {k_neg} infracting samples "
-            f"(asked for {n} each)")
+        log(
+            f"sample budget reached: kept {k_pos} valid and {k_neg} infracting samples "
+            f"(asked for {n} each)"
+        )
     return SynthResult(
-        positives=_cat(pos), negatives=_cat(neg), natural=_cat(nat) if nat else None,
-        n_positive=n_pos, n_negative=n_neg, n_nonfinite=n_bad,
+        positives=_cat(pos),
+        negatives=_cat(neg),
+        natural=_cat(nat) if nat else None,
+        n_positive=n_pos,
+        n_negative=n_neg,
+        n_nonfinite=n_bad,
     )

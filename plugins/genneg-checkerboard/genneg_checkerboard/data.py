@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from genneg.components import DataSplit, Dataset, Oracle, OracleResult, Splits
+from genneg.components import Dataset, DataSplit, Oracle, OracleResult, Splits
 from genneg_checkerboard.geometry import Board
 
 
@@ -12,8 +12,14 @@ class CheckerboardDataset(Dataset):
     """Points uniform on the filled cells: ``n_train`` for training (1000 in the paper),
     ``n_val`` and ``n_test`` held out. Made from the run's seed; nothing is downloaded."""
 
-    def __init__(self, n_train: int = 1000, n_val: int = 1000, n_test: int = 1000,
-                 n_cells: int = 4, half: float = 1.0):
+    def __init__(
+        self,
+        n_train: int = 1000,
+        n_val: int = 1000,
+        n_test: int = 1000,
+        n_cells: int = 4,
+        half: float = 1.0,
+    ):
         for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

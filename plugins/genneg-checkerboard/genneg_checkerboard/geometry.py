@@ -41,7 +41,7 @@ class Board:
             for dy in (0.0, eps):
                 i = torch.floor(u[..., 0] - dx).clamp(0, self.n - 1)
                 j = torch.floor(u[..., 1] - dy).clamp(0, self.n - 1)
-                hits |= ((i + j) % 2 == 0)
+                hits |= (i + j) % 2 == 0
         return in_box & hits
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
@@ -55,4 +55,6 @@ class Board:
         """Exact log-density of the uniform distribution on the filled cells (-inf outside)."""
         inside = self.inside(x)
         value = -math.log(self.filled_area)
-        return torch.where(inside, torch.full(inside.shape, value), torch.full(inside.shape, -math.inf))
+        return torch.where(
+            inside, torch.full(inside.shape, value), torch.full(inside.shape, -math.inf)
+        )

@@ -35,8 +35,9 @@ class ResidualMLP(nn.Module):
     """``F(x_in, c_noise)``: input layer, ``blocks`` residual blocks, output layer (Fig. 5).
     With hidden 256, embedding 128 and 2 blocks it has ~330k parameters, as in App. B.1."""
 
-    def __init__(self, dim: int = 2, out_dim: int = 2, hidden: int = 256, emb_dim: int = 128,
-                 blocks: int = 2):
+    def __init__(
+        self, dim: int = 2, out_dim: int = 2, hidden: int = 256, emb_dim: int = 128, blocks: int = 2
+    ):
         super().__init__()
         if min(dim, out_dim, hidden, emb_dim, blocks) < 1:
             raise ValueError("dim, out_dim, hidden, emb_dim and blocks must be >= 1")

@@ -59,8 +59,9 @@ def paper_preset() -> RunConfig:
             network=ComponentSpec(name="residual-mlp", options=net),
             train=TrainConfig(steps=20_000, batch_size=8192, lr=3e-3, log_every=1000),
         ),
-        distill=DistillConfig(train=TrainConfig(steps=250_000, batch_size=1000, lr=3e-4,
-                                                log_every=5000)),
+        distill=DistillConfig(
+            train=TrainConfig(steps=250_000, batch_size=1000, lr=3e-4, log_every=5000)
+        ),
         eval=EvalConfig(n_samples=100_000, elbo_k=64, elbo_points=1000),
     )
 
@@ -83,8 +84,9 @@ def demo_preset() -> RunConfig:
             network=ComponentSpec(name="residual-mlp", options=net),
             train=TrainConfig(steps=1500, batch_size=1024, lr=3e-3, log_every=500),
         ),
-        distill=DistillConfig(train=TrainConfig(steps=1500, batch_size=1000, lr=3e-4,
-                                                log_every=500)),
+        distill=DistillConfig(
+            train=TrainConfig(steps=1500, batch_size=1000, lr=3e-4, log_every=500)
+        ),
         eval=EvalConfig(n_samples=20_000, elbo_k=16, elbo_points=1000),
     )
 
@@ -93,7 +95,8 @@ def _ablation(preset, weighting: str, suffix: str):
     def factory() -> RunConfig:
         cfg = preset()
         return attrs.evolve(
-            cfg, name=f"{cfg.name}-{suffix}",
+            cfg,
+            name=f"{cfg.name}-{suffix}",
             classifier=attrs.evolve(cfg.classifier, weighting=weighting),
         )
 

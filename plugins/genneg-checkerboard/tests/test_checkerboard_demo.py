@@ -15,7 +15,10 @@ def test_demo_halves_the_infraction_rate_with_comparable_elbo(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "genneg", "run", "checkerboard", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| baseline |" in proc.stdout  # the table is printed

@@ -2,26 +2,28 @@ import math
 
 import pytest
 import torch
-
-from genneg.config import resolve
-from genneg.testing import ClassifierContract, NetworkContract, OracleContract
 from genneg_checkerboard import plugin
 from genneg_checkerboard.data import CheckerboardDataset, CheckerboardOracle
 from genneg_checkerboard.geometry import Board
 from genneg_checkerboard.network import ResidualMLP, ResidualMLPClassifier
 
+from genneg.config import resolve
+from genneg.testing import ClassifierContract, NetworkContract, OracleContract
+
 
 def test_board_inside_by_hand():
     b = Board(4, 1.0)  # cells of side 0.5; cell (0, 0) = [-1, -0.5]^2 is filled
-    pts = torch.tensor([
-        [-0.75, -0.75],  # centre of filled (0, 0)
-        [-0.25, -0.75],  # centre of empty (1, 0)
-        [-0.25, -0.25],  # centre of filled (1, 1)
-        [-0.5, -0.75],   # on the edge between filled (0,0) and empty (1,0): inside
-        [1.0, 1.0],      # corner of filled (3, 3)
-        [1.01, 0.75],    # outside the board
-        [0.0, 0.0],      # a vertex shared by filled and empty cells
-    ])
+    pts = torch.tensor(
+        [
+            [-0.75, -0.75],  # centre of filled (0, 0)
+            [-0.25, -0.75],  # centre of empty (1, 0)
+            [-0.25, -0.25],  # centre of filled (1, 1)
+            [-0.5, -0.75],  # on the edge between filled (0,0) and empty (1,0): inside
+            [1.0, 1.0],  # corner of filled (3, 3)
+            [1.01, 0.75],  # outside the board
+            [0.0, 0.0],  # a vertex shared by filled and empty cells
+        ]
+    )
     assert b.inside(pts).tolist() == [True, False, True, True, True, False, True]
 
 
