@@ -17,6 +17,8 @@ def traffic():
 
 
 @traffic.command("build-dataset")
+@click.option("--preset", default=None, help="Build exactly the dataset of this preset "
+              "(e.g. traffic-paper); the other options are then ignored.")
 @click.option("--source", type=click.Choice(["sumo", "synthetic"]), default="sumo",
               show_default=True, help="SUMO simulations (needs genneg-traffic[sumo]) or "
               "procedural roads.")
@@ -28,14 +30,8 @@ def traffic():
 @click.option("--option", "options", multiple=True, metavar="KEY=JSON",
               help="A source option, e.g. --option snapshots=60 --option 'networks=[\"highway\"]'.")
 @click.option("--force", is_flag=True, help="Rebuild an existing dataset directory.")
-def build_dataset(source, name, data_root, seed, max_agents, raster, options, force):
+def build_dataset(preset, source, name, data_root, seed, max_agents, raster, options, force):
     """Simulate traffic, cut 80 m scenes and cache them under DATA_ROOT/traffic/NAME."""
-    name = name or ("sumo-paper" if source == "sumo" else "synthetic")
-    out = dataset_dir(data_root, name)
-    if (out / "meta.json").exists():
-        if not force:
-            raise click.ClickException(f"{out} exists; pass --force to rebuild it")
-        shutil.rmtree(out)
     window = {k: v for k, v in (("max_agents", max_agents), ("raster", raster)) if v}
     source_options = {}
     for text in options:
@@ -44,6 +40,20 @@ def build_dataset(source, name, data_root, seed, max_agents, raster, options, fo
             source_options[key] = json.loads(raw)
         except json.JSONDecodeError:
             source_options[key] = raw
+    if preset:
+        from genneg.plugins import get_registry
+
+        cfg = get_registry().get("presets", preset)()
+        opts = cfg.dataset.options
+        name, source, data_root = opts["name"], opts["source"], cfg.data_root
+        seed, window = opts.get("seed", 0), opts.get("window", {})
+        source_options = opts.get("source_options", {})
+    name = name or ("sumo" if source == "sumo" else "synthetic")
+    out = dataset_dir(data_root, name)
+    if (out / "meta.json").exists():
+        if not force:
+            raise click.ClickException(f"{out} exists; pass --force to rebuild it")
+        shutil.rmtree(out)
     try:
         meta = build(out, source, seed=seed, window=window, source_options=source_options,
                      progress=sys.stderr.isatty(), log=click.echo)

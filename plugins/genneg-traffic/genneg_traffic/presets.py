@@ -37,7 +37,7 @@ def cpu_preset() -> RunConfig:
                             {"cities": 5, "snapshots": 40}, DATA_ROOT)
     return RunConfig(
         name="traffic", data_root=DATA_ROOT, dataset=dataset, oracle=oracle,
-        process=ProcessSpec(kind="vp", options={"timesteps": 100, "schedule": "cosine",
+        process=ProcessSpec(kind="vp", options={"timesteps": 100, "schedule": "linear",
                                                 "prediction": "eps"}),
         denoiser=ComponentSpec(name="traffic", options=net),
         baseline=TrainConfig(steps=1000, batch_size=64, lr=1e-3, grad_clip=1.0, log_every=250),
@@ -59,8 +59,8 @@ def paper_preset() -> RunConfig:
     1e-4 with batch 64, DDPM with 1000 steps; SUMO data on real networks with 32 agents and a
     128 px map. Needs ``genneg-traffic[sumo]`` and a GPU."""
     net = {"hidden": 196, "heads": 4, "layers": 6, "ff_mult": 4, "map_width": 32}
-    window = {"max_agents": 32, "raster": 128}
-    dataset, oracle = _data("sumo-paper", "sumo", window, {}, DATA_ROOT)
+    window = {"max_agents": 32, "raster": 128, "windows_per_snapshot": 16}
+    dataset, oracle = _data("sumo-paper", "sumo", window, {"sim_seconds": 1200}, DATA_ROOT)
     return RunConfig(
         name="traffic-paper", device="cuda", data_root=DATA_ROOT, dataset=dataset, oracle=oracle,
         process=ProcessSpec(kind="vp", options={"timesteps": 1000, "schedule": "linear",
