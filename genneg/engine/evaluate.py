@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 from genneg.diffusion.loss import real_dims
 from genneg.elbo import ddpm_elbo, edm_elbo
@@ -45,11 +46,14 @@ def infraction_metrics(oracle, oracle_name, samples):
     return out, finite, part, result
 
 
-def elbo_metrics(denoiser, split, process, *, k, points, kind, generator, batch_size=500):
+def elbo_metrics(
+    denoiser, split, process, *, k, points, kind, generator, batch_size=500, progress=False
+):
     """Mean ELBO (or r-ELBO) per dimension on the first ``points`` rows of ``split``, +- s.e."""
     n = min(points, len(split))
     values = []
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="ELBO", disable=not progress, leave=False):
         part = split.index(torch.arange(start, min(start + batch_size, n)))
         if process.kind == "edm":
             e = edm_elbo(denoiser, part.x, part.cond, process, k=k, generator=generator)

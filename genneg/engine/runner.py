@@ -108,7 +108,10 @@ class Experiment:
         counting = CountingDenoiser(model)
         t0 = time.perf_counter()
         samples = self.sampler.sample(
-            counting, cfg.eval.n_samples, stage_generator(cfg.seed, stage, "eval-samples")
+            counting,
+            cfg.eval.n_samples,
+            stage_generator(cfg.seed, stage, "eval-samples"),
+            progress=self.progress,
         )
         seconds = time.perf_counter() - t0
         metrics, finite, part, result = infraction_metrics(self.oracle, cfg.oracle.name, samples)
@@ -121,6 +124,7 @@ class Experiment:
             points=cfg.eval.elbo_points,
             kind=cfg.eval.elbo,
             generator=stage_generator(cfg.seed, "eval", "elbo"),
+            progress=self.progress,
         )
         row = {
             "stage": stage,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from genneg.components import DataSplit
 
@@ -44,10 +45,11 @@ class ModelSampler:
         self.batch_size = batch_size
         self.seconds = 0.0
 
-    def sample(self, denoiser, n: int, generator) -> DataSplit:
+    def sample(self, denoiser, n: int, generator, progress: bool = False) -> DataSplit:
         """``n`` samples (in batches) with the conditions they were drawn under."""
         xs, conds = [], []
-        for start in range(0, n, self.batch_size):
+        starts = range(0, n, self.batch_size)
+        for start in tqdm(starts, desc="sampling", disable=not progress, leave=False):
             b = min(self.batch_size, n - start)
             cond, shape = resample_conditions(self.train, b, generator)
             x = self.process.sample_prior((b, *shape), generator)
