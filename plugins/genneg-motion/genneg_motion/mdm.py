@@ -15,7 +15,8 @@ of ``humanml_trans_enc_512``:
 
 MDM's tensors are ``[B, 263, 1, T]``; genneg's motions are ``[B, T, 263]``.
 :meth:`MDM.forward` takes genneg's layout (``forward(x_in, c_noise, text=..., mask=...)`` with
-``x_in`` DDPM's ``x_t`` and ``c_noise`` the integer step ``t``) and :meth:`MDM.forward_mdm`
+``x_in`` DDPM's ``x_t`` and ``c_noise`` the step ``t``, an exact integer on the schedule's
+levels) and :meth:`MDM.forward_mdm`
 the upstream one. The model predicts ``x0`` under a 1000-step cosine DDPM
 (``process.kind = "vp"``, ``schedule = "cosine"``, ``prediction = "x0"``).
 The CLIP text tower is not part of the module (upstream checkpoints omit its weights too): text
@@ -50,7 +51,7 @@ class PositionalEncoding(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """``MLP(pe[t])`` as one token ``[1, B, d]``; ``t`` must be integer steps."""
+    """``MLP(pe[t])`` as one token ``[1, B, d]``."""
 
     def __init__(self, latent_dim: int, sequence_pos_encoder: PositionalEncoding):
         super().__init__()
@@ -60,7 +61,16 @@ class TimestepEmbedder(nn.Module):
                                         nn.Linear(latent_dim, latent_dim))
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.time_embed(self.sequence_pos_encoder.pe[timesteps]).permute(1, 0, 2)
+        pe = self.sequence_pos_encoder.pe
+        if not torch.is_floating_point(timesteps):
+            return self.time_embed(pe[timesteps]).permute(1, 0, 2)
+        # Integer steps (all MDM was trained on, and all the DDPM sampler visits) index the
+        # table exactly as upstream; a fractional step (another sampler's sigma) interpolates
+        # linearly between its two neighbours.
+        lo = timesteps.floor().long().clamp(0, pe.shape[0] - 1)
+        hi = (lo + 1).clamp(max=pe.shape[0] - 1)
+        w = (timesteps - lo.float())[:, None, None]
+        return self.time_embed(pe[lo] * (1 - w) + pe[hi] * w).permute(1, 0, 2)
 
 
 class InputProcess(nn.Module):
@@ -84,16 +94,12 @@ class OutputProcess(nn.Module):
         return self.poseFinal(out).reshape(t, b, self.njoints, self.nfeats).permute(1, 2, 3, 0)
 
 
-def integer_steps(c_noise: torch.Tensor, max_len: int) -> torch.Tensor:
-    """DDPM steps as indices; the core passes exact integers on the schedule's levels, and MDM
-    was trained on those only, so anything else is an error rather than a silent rounding."""
-    t = torch.round(c_noise)
-    if (c_noise - t).abs().max() > 1e-3:
-        raise ValueError("MDM embeds integer DDPM steps only; sample with the process' own "
-                         "levels (sampling.steps evenly spaced on the 1000-step schedule)")
-    t = t.long()
-    if t.min() < 0 or t.max() >= max_len:
-        raise ValueError(f"timesteps must lie in [0, {max_len}), got {int(t.min())}..{int(t.max())}")
+def check_steps(c_noise: torch.Tensor, max_len: int) -> torch.Tensor:
+    """DDPM steps as a float tensor in ``[0, max_len - 1]``."""
+    t = c_noise.float()
+    if t.min() < 0 or t.max() > max_len - 1:
+        raise ValueError(f"timesteps must lie in [0, {max_len - 1}], got "
+                         f"{float(t.min())}..{float(t.max())}")
     return t
 
 
@@ -164,7 +170,7 @@ class MDM(nn.Module):
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, text=None, mask=None,
                 **unused) -> torch.Tensor:
         """``x_in [B, T, 263]`` (DDPM's ``x_t``), ``c_noise [B]`` (step ``t``) -> ``x0 [B, T, 263]``."""
-        t = integer_steps(c_noise, self.sequence_pos_encoder.pe.shape[0])
+        t = check_steps(c_noise, self.sequence_pos_encoder.pe.shape[0])
         x = x_in.permute(0, 2, 1)[:, :, None, :]
         return self.forward_mdm(x, t, text, mask)[:, :, 0, :].permute(0, 2, 1)
 
@@ -188,7 +194,7 @@ class MDMClassifier(MDM):
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, mask=None, **unused):
         """Logits ``[B]`` for ``x_in [B, T, 263]`` at step ``c_noise``."""
-        t = integer_steps(c_noise, self.sequence_pos_encoder.pe.shape[0])
+        t = check_steps(c_noise, self.sequence_pos_encoder.pe.shape[0])
         x = x_in.permute(0, 2, 1)[:, :, None, :]
         return self.classifier_head(self.encode(x, t, None, mask)[0]).squeeze(-1)
 
