@@ -42,7 +42,8 @@ def facing_angle(positions: torch.Tensor) -> torch.Tensor:
     l_hip, r_hip = sk.HIPS
     l_sh, r_sh = sk.SHOULDERS
     across = (positions[..., r_hip, :] - positions[..., l_hip, :]) + (
-        positions[..., r_sh, :] - positions[..., l_sh, :])
+        positions[..., r_sh, :] - positions[..., l_sh, :]
+    )
     # up x across with up = +y: (across_z, 0, -across_x)
     fx, fz = across[..., 2], -across[..., 0]
     heading = torch.atan2(fx, fz)  # angle of forward from +z towards +x
@@ -62,8 +63,9 @@ def normalise_motion(positions: torch.Tensor) -> torch.Tensor:
     return rotate_y(p, phi0[..., None])
 
 
-def joints_to_features(positions: torch.Tensor, local_rotations: torch.Tensor | None = None,
-                       *, normalise: bool = True) -> torch.Tensor:
+def joints_to_features(
+    positions: torch.Tensor, local_rotations: torch.Tensor | None = None, *, normalise: bool = True
+) -> torch.Tensor:
     """Joint positions ``[F, 22, 3]`` (metres, y up) -> HumanML3D features ``[F - 1, 263]``.
 
     :param local_rotations: ``[F, 22, 3, 3]`` rotations of each joint relative to its parent,
@@ -99,8 +101,9 @@ def joints_to_features(positions: torch.Tensor, local_rotations: torch.Tensor | 
     for foot in (sk.LEFT_FOOT, sk.RIGHT_FOOT):
         d2 = ((p[1:, list(foot)] - p[:-1, list(foot)]) ** 2).sum(-1)
         contacts.append((d2 < FOOT_CONTACT_THRESHOLD).to(p.dtype))
-    feats = torch.cat([rot_vel[:, None], lin_vel, root_y, ric[:-1], rot6[:-1], local_vel,
-                       *contacts], dim=-1)
+    feats = torch.cat(
+        [rot_vel[:, None], lin_vel, root_y, ric[:-1], rot6[:-1], local_vel, *contacts], dim=-1
+    )
     assert feats.shape[-1] == sk.FEATURE_DIM
     return feats.float()
 
@@ -129,8 +132,12 @@ def recover_from_ric(features: torch.Tensor) -> torch.Tensor:
     phi, root = recover_root(features)
     ric = features[..., sk.RIC].reshape(features.shape[:-1] + (sk.N_JOINTS - 1, 3))
     joints = rotate_y(ric, -phi[..., None])
-    joints = joints + torch.stack([root[..., 0], torch.zeros_like(root[..., 0]), root[..., 2]],
-                                  -1)[..., None, :]
+    joints = (
+        joints
+        + torch.stack([root[..., 0], torch.zeros_like(root[..., 0]), root[..., 2]], -1)[
+            ..., None, :
+        ]
+    )
     return torch.cat([root[..., None, :], joints], dim=-2)
 
 

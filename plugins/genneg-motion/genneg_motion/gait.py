@@ -32,8 +32,9 @@ class Motion:
     kind: str
 
 
-def forward_kinematics(local: torch.Tensor, root_pos: torch.Tensor,
-                       offsets: np.ndarray = sk.REST_OFFSETS):
+def forward_kinematics(
+    local: torch.Tensor, root_pos: torch.Tensor, offsets: np.ndarray = sk.REST_OFFSETS
+):
     """Positions ``[F, 22, 3]`` and global rotations from local rotations ``[F, 22, 3, 3]``
     (joint 0's is global) and root positions ``[F, 3]``: ``p_j = p_parent + G_parent o_j``."""
     off = torch.as_tensor(offsets, dtype=local.dtype)
@@ -65,8 +66,7 @@ def _relu(a):
     return torch.clamp(a, min=0)
 
 
-def _pose(n, *, hip_l, hip_r, knee_l, knee_r, ankle_l, ankle_r, lean, arm_l, arm_r, elbow,
-          yaw):
+def _pose(n, *, hip_l, hip_r, knee_l, knee_r, ankle_l, ankle_r, lean, arm_l, arm_r, elbow, yaw):
     """Local rotations ``[n, 22, 3, 3]`` from sagittal angles (tensors ``[n]``)."""
     eye = torch.eye(3, dtype=torch.float64).expand(n, sk.N_JOINTS, 3, 3).clone()
     eye[:, 0] = _ry(yaw)
@@ -114,10 +114,17 @@ def generate(kind: str, frames: int, rng: np.random.Generator) -> Motion:
         elbow = torch.full((n,), 1.3 if run else 0.3, dtype=torch.float64)
         if run:
             lift = 0.06 * _relu(torch.cos(2 * ph)) ** 2
-        adverb = "quickly " if speed > (2.6 if run else 1.15) else ("slowly " if speed < (2.4 if run else 0.9) else "")
+        adverb = (
+            "quickly "
+            if speed > (2.6 if run else 1.15)
+            else ("slowly " if speed < (2.4 if run else 0.9) else "")
+        )
         verb = "runs" if run else "walks"
-        caption = (f"a person {verb} {adverb}forward" if turn == 0 else
-                   f"a person {verb} {adverb}in a curve to the {'left' if turn > 0 else 'right'}")
+        caption = (
+            f"a person {verb} {adverb}forward"
+            if turn == 0
+            else f"a person {verb} {adverb}in a curve to the {'left' if turn > 0 else 'right'}"
+        )
     elif kind == "jump":
         forward = rng.random() < 0.5
         speed = rng.uniform(0.8, 1.6) if forward else 0.0
@@ -125,14 +132,14 @@ def generate(kind: str, frames: int, rng: np.random.Generator) -> Motion:
         start = rng.uniform(0.2, 0.35) * t[-1].item()
         crouch_d, flight_d = 0.45, 2 * math.sqrt(2 * height / 9.81)
         u = (t - start) / crouch_d  # crouch then take off
-        bend = torch.where(u < 0, zeros, torch.where(u < 1, torch.sin(math.pi * u / 2) ** 2,
-                                                     zeros))
+        bend = torch.where(u < 0, zeros, torch.where(u < 1, torch.sin(math.pi * u / 2) ** 2, zeros))
         tf = t - start - crouch_d
         air = (tf > 0) & (tf < flight_d)
         lift = torch.where(air, 4 * height * (tf / flight_d) * (1 - tf / flight_d), zeros)
         land = tf - flight_d
-        bend = bend + torch.where((land > 0) & (land < 0.5), torch.sin(math.pi * land / 0.5) * 0.7,
-                                  zeros)
+        bend = bend + torch.where(
+            (land > 0) & (land < 0.5), torch.sin(math.pi * land / 0.5) * 0.7, zeros
+        )
         tuck = torch.where(air, torch.sin(math.pi * tf / flight_d) * 0.5, zeros)
         hip_l = hip_r = 0.9 * bend + tuck
         knee_l = knee_r = 1.5 * bend + 0.9 * tuck
@@ -158,10 +165,20 @@ def generate(kind: str, frames: int, rng: np.random.Generator) -> Motion:
         caption = "a person squats down" + (" twice" if reps == 2 else "")
     yaw0 = rng.uniform(-math.pi, math.pi)
     yaw = yaw0 + turn * t
-    local = _pose(n, hip_l=hip_l, hip_r=hip_r, knee_l=knee_l, knee_r=knee_r, ankle_l=ankle_l,
-                  ankle_r=ankle_r, lean=lean, arm_l=arm_l, arm_r=arm_r,
-                  elbow=elbow if torch.is_tensor(elbow) else torch.full((n,), elbow),
-                  yaw=yaw)
+    local = _pose(
+        n,
+        hip_l=hip_l,
+        hip_r=hip_r,
+        knee_l=knee_l,
+        knee_r=knee_r,
+        ankle_l=ankle_l,
+        ankle_r=ankle_r,
+        lean=lean,
+        arm_l=arm_l,
+        arm_r=arm_r,
+        elbow=elbow if torch.is_tensor(elbow) else torch.full((n,), elbow),
+        yaw=yaw,
+    )
     # root path: speed along the heading (jumps move only while airborne)
     v = torch.full((n,), speed, dtype=torch.float64)
     if kind == "jump":
@@ -176,8 +193,9 @@ def generate(kind: str, frames: int, rng: np.random.Generator) -> Motion:
     return Motion(positions=pos, rotations=local, caption=caption, kind=kind)
 
 
-def generate_many(n: int, rng: np.random.Generator, *, min_frames: int, max_frames: int,
-                  kinds=KINDS, weights=None) -> list[Motion]:
+def generate_many(
+    n: int, rng: np.random.Generator, *, min_frames: int, max_frames: int, kinds=KINDS, weights=None
+) -> list[Motion]:
     """``n`` motions with kinds drawn by ``weights`` and lengths uniform in
     ``[min_frames, max_frames]`` (feature frames; one more position frame is generated)."""
     p = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)

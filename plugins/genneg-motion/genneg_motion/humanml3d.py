@@ -51,8 +51,15 @@ def read_captions(path: Path) -> list[tuple[str, float, float]]:
     return out
 
 
-def load_entries(folder: Path, split: str, *, min_frames: int, max_frames: int,
-                 captions_per_motion: int, limit: int = 0):
+def load_entries(
+    folder: Path,
+    split: str,
+    *,
+    min_frames: int,
+    max_frames: int,
+    captions_per_motion: int,
+    limit: int = 0,
+):
     """Feature arrays and captions of one split (see the module docstring)."""
     feats, caps = [], []
     for mid in read_split_ids(folder, split):
@@ -67,7 +74,7 @@ def load_entries(folder: Path, split: str, *, min_frames: int, max_frames: int,
         for caption, f, t in read_captions(txt_path):
             if kept >= captions_per_motion:
                 break
-            clip = motion if f == 0 and t == 0 else motion[int(f * sk.FPS): int(t * sk.FPS)]
+            clip = motion if f == 0 and t == 0 else motion[int(f * sk.FPS) : int(t * sk.FPS)]
             if len(clip) < min_frames or len(clip) >= 200:
                 continue
             feats.append(torch.from_numpy(clip[:max_frames]))
@@ -86,9 +93,16 @@ class HumanML3DDataset(MotionPlotMixin, Dataset):
     :param limit: at most this many rows per split (0: all), for quick tries.
     """
 
-    def __init__(self, path: str = "dataset/HumanML3D", text_encoder: str = "clip",
-                 min_frames: int = 40, max_frames: int = sk.MAX_FRAMES,
-                 captions_per_motion: int = 1, limit: int = 0, cache: bool = True):
+    def __init__(
+        self,
+        path: str = "dataset/HumanML3D",
+        text_encoder: str = "clip",
+        min_frames: int = 40,
+        max_frames: int = sk.MAX_FRAMES,
+        captions_per_motion: int = 1,
+        limit: int = 0,
+        cache: bool = True,
+    ):
         self.path = Path(path).expanduser()
         self.text_encoder = text_encoder
         self.min_frames, self.max_frames = min_frames, max_frames
@@ -97,9 +111,14 @@ class HumanML3DDataset(MotionPlotMixin, Dataset):
         self.cache = cache
 
     def _key(self) -> str:
-        spec = {"path": str(self.path.resolve()), "text": self.text_encoder,
-                "frames": [self.min_frames, self.max_frames], "caps": self.captions_per_motion,
-                "limit": self.limit, "v": 1}
+        spec = {
+            "path": str(self.path.resolve()),
+            "text": self.text_encoder,
+            "frames": [self.min_frames, self.max_frames],
+            "caps": self.captions_per_motion,
+            "limit": self.limit,
+            "v": 1,
+        }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
     def build(self) -> Splits:
@@ -111,15 +130,20 @@ class HumanML3DDataset(MotionPlotMixin, Dataset):
         std = torch.from_numpy(np.load(folder / "Std.npy").astype(np.float32))
         splits = {}
         for name in ("train", "val", "test"):
-            feats, caps = load_entries(folder, name, min_frames=self.min_frames,
-                                       max_frames=self.max_frames,
-                                       captions_per_motion=self.captions_per_motion,
-                                       limit=self.limit)
+            feats, caps = load_entries(
+                folder,
+                name,
+                min_frames=self.min_frames,
+                max_frames=self.max_frames,
+                captions_per_motion=self.captions_per_motion,
+                limit=self.limit,
+            )
             if not feats:
-                raise HumanML3DError(f"split {name!r} of {folder} has no usable motion "
-                                     f"({self.min_frames} to 199 frames, with a caption)")
-            splits[name] = pack(feats, mean, std, self.max_frames,
-                                encode(self.text_encoder, caps))
+                raise HumanML3DError(
+                    f"split {name!r} of {folder} has no usable motion "
+                    f"({self.min_frames} to 199 frames, with a caption)"
+                )
+            splits[name] = pack(feats, mean, std, self.max_frames, encode(self.text_encoder, caps))
         return Splits(**splits)
 
     def load(self, root: str, generator: torch.Generator) -> Splits:
@@ -134,7 +158,12 @@ class HumanML3DDataset(MotionPlotMixin, Dataset):
         splits = self.build()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({k: {"x": getattr(splits, k).x, "cond": getattr(splits, k).cond}
-                    for k in ("train", "val", "test")}, tmp)
+        torch.save(
+            {
+                k: {"x": getattr(splits, k).x, "cond": getattr(splits, k).cond}
+                for k in ("train", "val", "test")
+            },
+            tmp,
+        )
         tmp.replace(path)
         return splits

@@ -57,8 +57,9 @@ class TimestepEmbedder(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
         self.sequence_pos_encoder = sequence_pos_encoder
-        self.time_embed = nn.Sequential(nn.Linear(latent_dim, latent_dim), nn.SiLU(),
-                                        nn.Linear(latent_dim, latent_dim))
+        self.time_embed = nn.Sequential(
+            nn.Linear(latent_dim, latent_dim), nn.SiLU(), nn.Linear(latent_dim, latent_dim)
+        )
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
         pe = self.sequence_pos_encoder.pe
@@ -98,8 +99,9 @@ def check_steps(c_noise: torch.Tensor, max_len: int) -> torch.Tensor:
     """DDPM steps as a float tensor in ``[0, max_len - 1]``."""
     t = c_noise.float()
     if t.min() < 0 or t.max() > max_len - 1:
-        raise ValueError(f"timesteps must lie in [0, {max_len - 1}], got "
-                         f"{float(t.min())}..{float(t.max())}")
+        raise ValueError(
+            f"timesteps must lie in [0, {max_len - 1}], got {float(t.min())}..{float(t.max())}"
+        )
     return t
 
 
@@ -116,11 +118,22 @@ class MDM(nn.Module):
         them; a checkpoint loads either way).
     """
 
-    def __init__(self, njoints: int = sk.FEATURE_DIM, nfeats: int = 1, latent_dim: int = 512,
-                 ff_size: int = 1024, num_layers: int = 8, num_heads: int = 4,
-                 dropout: float = 0.1, activation: str = "gelu", text: bool = True,
-                 clip_dim: int = 512, cond_mask_prob: float = 0.1, mask_frames: bool = False,
-                 max_len: int = 5000):
+    def __init__(
+        self,
+        njoints: int = sk.FEATURE_DIM,
+        nfeats: int = 1,
+        latent_dim: int = 512,
+        ff_size: int = 1024,
+        num_layers: int = 8,
+        num_heads: int = 4,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        text: bool = True,
+        clip_dim: int = 512,
+        cond_mask_prob: float = 0.1,
+        mask_frames: bool = False,
+        max_len: int = 5000,
+    ):
         super().__init__()
         self.njoints, self.nfeats, self.latent_dim = njoints, nfeats, latent_dim
         self.cond_mask_prob = cond_mask_prob
@@ -128,11 +141,16 @@ class MDM(nn.Module):
         self.input_feats = njoints * nfeats
         self.input_process = InputProcess(self.input_feats, latent_dim)
         self.sequence_pos_encoder = PositionalEncoding(latent_dim, dropout, max_len)
-        layer = nn.TransformerEncoderLayer(d_model=latent_dim, nhead=num_heads,
-                                           dim_feedforward=ff_size, dropout=dropout,
-                                           activation=activation)
-        self.seqTransEncoder = nn.TransformerEncoder(layer, num_layers=num_layers,
-                                                     enable_nested_tensor=False)
+        layer = nn.TransformerEncoderLayer(
+            d_model=latent_dim,
+            nhead=num_heads,
+            dim_feedforward=ff_size,
+            dropout=dropout,
+            activation=activation,
+        )
+        self.seqTransEncoder = nn.TransformerEncoder(
+            layer, num_layers=num_layers, enable_nested_tensor=False
+        )
         self.embed_timestep = TimestepEmbedder(latent_dim, self.sequence_pos_encoder)
         self.embed_text = nn.Linear(clip_dim, latent_dim) if text else None
         self.output_process = OutputProcess(self.input_feats, latent_dim, njoints, nfeats)
@@ -142,13 +160,15 @@ class MDM(nn.Module):
         if force_mask:
             return torch.zeros_like(emb)
         if self.training and self.cond_mask_prob > 0:
-            keep = torch.bernoulli(torch.full((emb.shape[0], 1), 1 - self.cond_mask_prob,
-                                              device=emb.device))
+            keep = torch.bernoulli(
+                torch.full((emb.shape[0], 1), 1 - self.cond_mask_prob, device=emb.device)
+            )
             return emb * keep
         return emb
 
-    def encode(self, x: torch.Tensor, timesteps: torch.Tensor, text=None, mask=None,
-               uncond: bool = False) -> torch.Tensor:
+    def encode(
+        self, x: torch.Tensor, timesteps: torch.Tensor, text=None, mask=None, uncond: bool = False
+    ) -> torch.Tensor:
         """Transformer output ``[T + 1, B, d]`` for ``x [B, 263, 1, T]`` (token 0: time)."""
         emb = self.embed_timestep(timesteps)  # [1, B, d]
         if self.embed_text is not None and text is not None:
@@ -160,16 +180,19 @@ class MDM(nn.Module):
             pad = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
         return self.seqTransEncoder(xseq, src_key_padding_mask=pad)
 
-    def forward_mdm(self, x: torch.Tensor, timesteps: torch.Tensor, text=None, mask=None,
-                    uncond: bool = False) -> torch.Tensor:
+    def forward_mdm(
+        self, x: torch.Tensor, timesteps: torch.Tensor, text=None, mask=None, uncond: bool = False
+    ) -> torch.Tensor:
         """Upstream signature: ``x [B, 263, 1, T]``, integer ``timesteps [B]`` -> ``x0``."""
         out = self.encode(x, timesteps, text, mask, uncond)[1:]
         return self.output_process(out)
 
     # --- genneg layout ---
-    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, text=None, mask=None,
-                **unused) -> torch.Tensor:
-        """``x_in [B, T, 263]`` (DDPM's ``x_t``), ``c_noise [B]`` (step ``t``) -> ``x0 [B, T, 263]``."""
+    def forward(
+        self, x_in: torch.Tensor, c_noise: torch.Tensor, text=None, mask=None, **unused
+    ) -> torch.Tensor:
+        """``x_in [B, T, 263]`` (DDPM's ``x_t``), ``c_noise [B]`` (step ``t``) ->
+        ``x0 [B, T, 263]``."""
         t = check_steps(c_noise, self.sequence_pos_encoder.pe.shape[0])
         x = x_in.permute(0, 2, 1)[:, :, None, :]
         return self.forward_mdm(x, t, text, mask)[:, :, 0, :].permute(0, 2, 1)
@@ -183,13 +206,30 @@ class MDMClassifier(MDM):
 
     granularity = "sample"
 
-    def __init__(self, latent_dim: int = 512, ff_size: int = 1024, num_layers: int = 8,
-                 num_heads: int = 4, dropout: float = 0.1, activation: str = "gelu",
-                 mask_frames: bool = True, njoints: int = sk.FEATURE_DIM, max_len: int = 5000):
-        super().__init__(njoints=njoints, latent_dim=latent_dim, ff_size=ff_size,
-                         num_layers=num_layers, num_heads=num_heads, dropout=dropout,
-                         activation=activation, text=False, mask_frames=mask_frames,
-                         max_len=max_len)
+    def __init__(
+        self,
+        latent_dim: int = 512,
+        ff_size: int = 1024,
+        num_layers: int = 8,
+        num_heads: int = 4,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        mask_frames: bool = True,
+        njoints: int = sk.FEATURE_DIM,
+        max_len: int = 5000,
+    ):
+        super().__init__(
+            njoints=njoints,
+            latent_dim=latent_dim,
+            ff_size=ff_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            dropout=dropout,
+            activation=activation,
+            text=False,
+            mask_frames=mask_frames,
+            max_len=max_len,
+        )
         self.classifier_head = nn.Linear(latent_dim, 1)
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, mask=None, **unused):
@@ -211,5 +251,6 @@ def load_mdm_checkpoint(model: MDM, path: str) -> None:
     state = {k: v for k, v in state.items() if not k.startswith("clip_model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path} does not fit this MDM: missing {missing}, unexpected "
-                         f"{unexpected}")
+        raise ValueError(
+            f"{path} does not fit this MDM: missing {missing}, unexpected {unexpected}"
+        )

@@ -20,6 +20,10 @@ def import_mdm(checkpoint: str, out: str, preset: str = "motion-paper", registry
     denoiser = build.make_denoiser(registry, cfg.denoiser, process)
     load_mdm_checkpoint(denoiser.network, checkpoint)
     rd = RunDir(out, quiet=True)
-    rd.save("baseline", {"denoiser": denoiser}, config_mod.dumps_toml(cfg),
-            {"imported_from": str(checkpoint)})
+    rd.save(
+        "baseline",
+        {"denoiser": denoiser},
+        config_mod.dumps_toml(cfg),
+        {"imported_from": str(checkpoint)},
+    )
     return rd.ckpt_path("baseline")

@@ -5,8 +5,9 @@ A frame infracts when any of its 22 joints is more than ``threshold`` metres bel
 below it). A motion infracts when any of its real frames does. The per-frame labels
 (``element_valid``, padded frames True) give the paper's "Inf. per step" (Table 2).
 
-Default threshold: 5 cm, about the noise of a recovered toe joint, so that only clear
-penetrations count (the paper does not state its threshold).
+Default threshold: 1 cm. The paper does not state its threshold; 1 cm ignores float round-off
+and sub-centimetre jitter but counts every visible penetration. On the synthetic preset's
+baseline it gives rates of Table 2's order (about 20 % of motions, 2-3 % of frames).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from genneg_motion.features import joint_heights
 from genneg_motion.splits import denormalise
 
 CATEGORY = "ground_penetration"
-DEFAULT_THRESHOLD = 0.05
+DEFAULT_THRESHOLD = 0.01
 
 
 def frame_penetration(features: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -45,5 +46,4 @@ class GroundPenetrationOracle(Oracle):
         if mask is not None:
             bad = bad & mask
         infracts = bad.any(dim=1)
-        return OracleResult(valid=~infracts, categories={CATEGORY: infracts},
-                            element_valid=~bad)
+        return OracleResult(valid=~infracts, categories={CATEGORY: infracts}, element_valid=~bad)

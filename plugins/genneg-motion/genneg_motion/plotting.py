@@ -66,8 +66,9 @@ def motion_joints(features: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray
     return [joints[i, mask[i]].cpu().numpy() for i in range(len(joints))]
 
 
-def plot_motions(joints: list[np.ndarray], titles: list[str], path: str, suptitle: str,
-                 threshold: float) -> None:
+def plot_motions(
+    joints: list[np.ndarray], titles: list[str], path: str, suptitle: str, threshold: float
+) -> None:
     """One column per motion: skeleton frames above, lowest-joint height below."""
     n = len(joints)
     fig = plt.figure(figsize=(3.6 * n, 5.6))

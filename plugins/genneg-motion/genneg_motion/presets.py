@@ -16,10 +16,12 @@ from genneg.config import (
     SynthConfig,
     TrainConfig,
 )
+from genneg_motion.oracle import DEFAULT_THRESHOLD
 
 #: MDM's diffusion: 1000-step cosine DDPM predicting x0.
-MDM_PROCESS = ProcessSpec(kind="vp", options={"timesteps": 1000, "schedule": "cosine",
-                                               "prediction": "x0"})
+MDM_PROCESS = ProcessSpec(
+    kind="vp", options={"timesteps": 1000, "schedule": "cosine", "prediction": "x0"}
+)
 SMALL_NET = {"latent_dim": 64, "ff_size": 128, "num_layers": 2, "num_heads": 4, "dropout": 0.0}
 
 
@@ -28,25 +30,35 @@ def demo_preset() -> RunConfig:
     one Gen-neG iteration; minutes on a CPU."""
     return RunConfig(
         name="motion",
-        dataset=ComponentSpec(name="motion-synthetic",
-                              options={"n_train": 1000, "n_val": 200, "n_test": 200,
-                                       "min_frames": 40, "max_frames": 60}),
-        oracle=ComponentSpec(name="ground-penetration", options={"threshold": 0.05}),
+        dataset=ComponentSpec(
+            name="motion-synthetic",
+            options={
+                "n_train": 1000,
+                "n_val": 200,
+                "n_test": 200,
+                "min_frames": 40,
+                "max_frames": 60,
+            },
+        ),
+        oracle=ComponentSpec(name="ground-penetration", options={"threshold": DEFAULT_THRESHOLD}),
         process=MDM_PROCESS,
         denoiser=ComponentSpec(name="mdm", options=SMALL_NET),
-        baseline=TrainConfig(steps=1500, batch_size=64, lr=1e-3, lr_warmup=100, grad_clip=1.0,
-                             log_every=250),
+        baseline=TrainConfig(
+            steps=1500, batch_size=64, lr=1e-3, lr_warmup=100, grad_clip=1.0, log_every=250
+        ),
         sampling=SamplingConfig(sampler="ddpm", steps=50, batch_size=500),
         iterations=1,
         synth=SynthConfig(n_per_class=600, max_samples=6000, min_per_class=50),
         classifier=ClassifierConfig(
             network=ComponentSpec(name="mdm-classifier", options=SMALL_NET),
-            train=TrainConfig(steps=800, batch_size=128, lr=5e-4, lr_warmup=50, grad_clip=1.0,
-                              log_every=200),
+            train=TrainConfig(
+                steps=800, batch_size=128, lr=5e-4, lr_warmup=50, grad_clip=1.0, log_every=200
+            ),
         ),
         distill=DistillConfig(enabled=False),
-        eval=EvalConfig(n_samples=1000, elbo="r-elbo", elbo_k=8, elbo_points=200,
-                        plot_samples=1000),
+        eval=EvalConfig(
+            n_samples=1000, elbo="r-elbo", elbo_k=8, elbo_points=200, plot_samples=1000
+        ),
     )
 
 
@@ -60,9 +72,10 @@ def paper_preset() -> RunConfig:
     return RunConfig(
         name="motion-paper",
         device="cuda",
-        dataset=ComponentSpec(name="humanml3d", options={"path": "dataset/HumanML3D",
-                                                          "text_encoder": "clip"}),
-        oracle=ComponentSpec(name="ground-penetration", options={"threshold": 0.05}),
+        dataset=ComponentSpec(
+            name="humanml3d", options={"path": "dataset/HumanML3D", "text_encoder": "clip"}
+        ),
+        oracle=ComponentSpec(name="ground-penetration", options={"threshold": DEFAULT_THRESHOLD}),
         process=MDM_PROCESS,
         denoiser=ComponentSpec(name="mdm", options=net),
         baseline=TrainConfig(steps=475_000, batch_size=64, lr=1e-4, log_every=1000),
@@ -84,8 +97,11 @@ def ablation(preset, weighting: str, suffix: str):
 
     def factory() -> RunConfig:
         cfg = preset()
-        return attrs.evolve(cfg, name=f"{cfg.name}-{suffix}",
-                            classifier=attrs.evolve(cfg.classifier, weighting=weighting))
+        return attrs.evolve(
+            cfg,
+            name=f"{cfg.name}-{suffix}",
+            classifier=attrs.evolve(cfg.classifier, weighting=weighting),
+        )
 
     factory.__doc__ = f"{(preset.__doc__ or '').splitlines()[0]} Weighting {weighting!r}."
     return factory

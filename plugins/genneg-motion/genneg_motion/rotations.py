@@ -31,16 +31,20 @@ def matrix_to_axis_angle(m: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`axis_angle_to_matrix` for angles in ``[0, pi)``."""
     cos = ((m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2] - 1) / 2).clamp(-1 + 1e-7, 1 - 1e-7)
     angle = torch.acos(cos)
-    w = torch.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0],
-                     m[..., 1, 0] - m[..., 0, 1]], dim=-1)
+    w = torch.stack(
+        [m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]],
+        dim=-1,
+    )
     sin = torch.sin(angle)[..., None]
-    scale = torch.where(sin.abs() > 1e-6, angle[..., None] / (2 * sin).clamp_min(1e-12),
-                        torch.full_like(sin, 0.5))
+    scale = torch.where(
+        sin.abs() > 1e-6, angle[..., None] / (2 * sin).clamp_min(1e-12), torch.full_like(sin, 0.5)
+    )
     return w * scale
 
 
 def euler_xyz_to_matrix(rx, ry, rz) -> torch.Tensor:
     """``R = Rz(rz) @ Ry(ry) @ Rx(rx)`` for angle tensors of one shape, ``-> [..., 3, 3]``."""
+
     def rot(axis, a):
         aa = torch.zeros(a.shape + (3,), dtype=a.dtype, device=a.device)
         aa[..., axis] = a

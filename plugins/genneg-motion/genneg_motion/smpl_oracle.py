@@ -24,9 +24,19 @@ from genneg_motion.splits import denormalise
 
 #: smplx selects extra keypoints (nose, toes, finger tips...) by vertex index; this oracle does
 #: not use them, so every one points at vertex 0 (which also lets small test models load).
-_KEYPOINTS = ("nose", "reye", "leye", "rear", "lear", "LBigToe", "LSmallToe", "LHeel",
-              "RBigToe", "RSmallToe", "RHeel") + tuple(
-    f"{h}{tip}" for h in "lr" for tip in ("thumb", "index", "middle", "ring", "pinky"))
+_KEYPOINTS = (
+    "nose",
+    "reye",
+    "leye",
+    "rear",
+    "lear",
+    "LBigToe",
+    "LSmallToe",
+    "LHeel",
+    "RBigToe",
+    "RSmallToe",
+    "RHeel",
+) + tuple(f"{h}{tip}" for h in "lr" for tip in ("thumb", "index", "middle", "ring", "pinky"))
 
 
 def load_smpl(model_path: str, gender: str = "neutral"):
@@ -34,12 +44,15 @@ def load_smpl(model_path: str, gender: str = "neutral"):
     try:
         import smplx
     except ImportError:
-        raise ImportError("the mesh oracle needs smplx: pip install 'genneg-motion[smplx]'") from None
+        raise ImportError(
+            "the mesh oracle needs smplx: pip install 'genneg-motion[smplx]'"
+        ) from None
     path = Path(model_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no SMPL model at {path} (download SMPL from smpl.is.tue.mpg.de)")
-    return smplx.SMPL(model_path=str(path), gender=gender,
-                      vertex_ids={k: 0 for k in _KEYPOINTS}).eval()
+    return smplx.SMPL(
+        model_path=str(path), gender=gender, vertex_ids={k: 0 for k in _KEYPOINTS}
+    ).eval()
 
 
 def pose_parameters(features: torch.Tensor):
@@ -66,8 +79,9 @@ class SMPLGroundPenetrationOracle(Oracle):
 
     categories = (CATEGORY,)
 
-    def __init__(self, model_path: str, gender: str = "neutral", threshold: float = 0.10,
-                 chunk: int = 2048):
+    def __init__(
+        self, model_path: str, gender: str = "neutral", threshold: float = 0.10, chunk: int = 2048
+    ):
         self.body = load_smpl(model_path, gender)
         self.threshold = float(threshold)
         self.chunk = chunk
@@ -76,14 +90,18 @@ class SMPLGroundPenetrationOracle(Oracle):
     def lowest_vertex(self, features: torch.Tensor) -> torch.Tensor:
         """Height of the lowest mesh vertex per frame, ``[B, T]``, for features ``[B, T, 263]``."""
         B, T, _ = features.shape
-        orient, body_pose, root = (p.reshape(B * T, -1).float()
-                                   for p in pose_parameters(features.double()))
+        orient, body_pose, root = (
+            p.reshape(B * T, -1).float() for p in pose_parameters(features.double())
+        )
         lows = []
         for s in range(0, B * T, self.chunk):
             sl = slice(s, s + self.chunk)
-            out = self.body(global_orient=orient[sl], body_pose=body_pose[sl],
-                            betas=torch.zeros(orient[sl].shape[0], self.body.num_betas),
-                            return_verts=True)
+            out = self.body(
+                global_orient=orient[sl],
+                body_pose=body_pose[sl],
+                betas=torch.zeros(orient[sl].shape[0], self.body.num_betas),
+                return_verts=True,
+            )
             shift = root[sl] - out.joints[:, 0]  # pelvis onto the recovered root
             lows.append((out.vertices[..., 1] + shift[:, 1:2]).amin(dim=1))
         return torch.cat(lows).reshape(B, T)
@@ -94,5 +112,4 @@ class SMPLGroundPenetrationOracle(Oracle):
         if mask is not None:
             bad = bad & mask
         infracts = bad.any(dim=1)
-        return OracleResult(valid=~infracts, categories={CATEGORY: infracts},
-                            element_valid=~bad)
+        return OracleResult(valid=~infracts, categories={CATEGORY: infracts}, element_valid=~bad)

@@ -17,8 +17,13 @@ from genneg.components import DataSplit
 from genneg_motion import skeleton as sk
 
 
-def pack(features: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor, max_frames: int,
-         text: torch.Tensor | None = None) -> DataSplit:
+def pack(
+    features: list[torch.Tensor],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    max_frames: int,
+    text: torch.Tensor | None = None,
+) -> DataSplit:
     """Pad, crop to ``max_frames`` and normalise a list of ``[T_i, 263]`` feature arrays."""
     n = len(features)
     x = torch.zeros(n, max_frames, sk.FEATURE_DIM)
@@ -27,8 +32,11 @@ def pack(features: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor, ma
         f = torch.as_tensor(f, dtype=torch.float32)[:max_frames]
         x[i, : len(f)] = (f - mean) / std
         mask[i, : len(f)] = True
-    cond = {"mask": mask, "feat_mean": mean.expand(n, -1).clone(),
-            "feat_std": std.expand(n, -1).clone()}
+    cond = {
+        "mask": mask,
+        "feat_mean": mean.expand(n, -1).clone(),
+        "feat_std": std.expand(n, -1).clone(),
+    }
     if text is not None:
         cond["text"] = text.float()
     return DataSplit(x=x, cond=cond)
@@ -39,7 +47,9 @@ def denormalise(x: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
     try:
         mean, std = cond["feat_mean"], cond["feat_std"]
     except KeyError:
-        raise KeyError("motion batches carry cond['feat_mean'] and cond['feat_std'] (the "
-                       "normalisation); this batch has neither; build it with "
-                       "genneg_motion.splits.pack") from None
+        raise KeyError(
+            "motion batches carry cond['feat_mean'] and cond['feat_std'] (the "
+            "normalisation); this batch has neither; build it with "
+            "genneg_motion.splits.pack"
+        ) from None
     return x * std[:, None, :] + mean[:, None, :]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genneg.components import DataSplit, Dataset, OracleResult, Splits
+from genneg.components import Dataset, DataSplit, OracleResult, Splits
 from genneg_motion import gait
 from genneg_motion.features import feature_stats, joints_to_features
 from genneg_motion.oracle import DEFAULT_THRESHOLD
@@ -49,9 +49,18 @@ class SyntheticMotionDataset(MotionPlotMixin, Dataset):
     :param seed: the generator's seed (the data do not depend on the run seed).
     """
 
-    def __init__(self, n_train: int = 1000, n_val: int = 200, n_test: int = 200,
-                 min_frames: int = 40, max_frames: int = 60, text_encoder: str = "bow",
-                 seed: int = 0, kinds: tuple = gait.KINDS, weights: tuple | None = None):
+    def __init__(
+        self,
+        n_train: int = 1000,
+        n_val: int = 200,
+        n_test: int = 200,
+        min_frames: int = 40,
+        max_frames: int = 60,
+        text_encoder: str = "bow",
+        seed: int = 0,
+        kinds: tuple = gait.KINDS,
+        weights: tuple | None = None,
+    ):
         if not 2 <= min_frames <= max_frames:
             raise ValueError(f"need 2 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
@@ -62,8 +71,14 @@ class SyntheticMotionDataset(MotionPlotMixin, Dataset):
         self.weights = None if weights is None else tuple(weights)
 
     def _key(self) -> str:
-        spec = {"sizes": self.sizes, "frames": [self.min_frames, self.max_frames],
-                "seed": self.seed, "kinds": self.kinds, "weights": self.weights, "v": 1}
+        spec = {
+            "sizes": self.sizes,
+            "frames": [self.min_frames, self.max_frames],
+            "seed": self.seed,
+            "kinds": self.kinds,
+            "weights": self.weights,
+            "v": 1,
+        }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
     def build_features(self) -> dict:
@@ -71,12 +86,18 @@ class SyntheticMotionDataset(MotionPlotMixin, Dataset):
         rng = np.random.default_rng(self.seed)
         out = {}
         for name, n in self.sizes.items():
-            motions = gait.generate_many(n, rng, min_frames=self.min_frames,
-                                         max_frames=self.max_frames, kinds=self.kinds,
-                                         weights=self.weights)
-            out[name] = {"features": [joints_to_features(m.positions, m.rotations)
-                                      for m in motions],
-                         "captions": [m.caption for m in motions]}
+            motions = gait.generate_many(
+                n,
+                rng,
+                min_frames=self.min_frames,
+                max_frames=self.max_frames,
+                kinds=self.kinds,
+                weights=self.weights,
+            )
+            out[name] = {
+                "features": [joints_to_features(m.positions, m.rotations) for m in motions],
+                "captions": [m.caption for m in motions],
+            }
         return out
 
     def _cached(self, root: str) -> dict:

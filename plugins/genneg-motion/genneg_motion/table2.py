@@ -20,17 +20,24 @@ from genneg.guidance import GuidedDenoiser
 from genneg.plugins import get_registry
 
 VARIANTS = (("classifier", "is"), ("classifier-no-is", "no-is"))
-LABELS = {"baseline": "MDM", "classifier": "MDM + classifier",
-          "classifier-no-is": "MDM + classifier w/o IS"}
+LABELS = {
+    "baseline": "MDM",
+    "classifier": "MDM + classifier",
+    "classifier-no-is": "MDM + classifier w/o IS",
+}
 
 
 def table2_configs(base, out: Path) -> dict:
     """One-iteration runs for each weighting; the second reuses the first's baseline."""
     cfgs = {}
     for key, weighting in VARIANTS:
-        cfg = attrs.evolve(base, name=f"{base.name}-{key}", iterations=1,
-                           classifier=attrs.evolve(base.classifier, weighting=weighting),
-                           distill=attrs.evolve(base.distill, enabled=False))
+        cfg = attrs.evolve(
+            base,
+            name=f"{base.name}-{key}",
+            iterations=1,
+            classifier=attrs.evolve(base.classifier, weighting=weighting),
+            distill=attrs.evolve(base.distill, enabled=False),
+        )
         if key != VARIANTS[0][0]:
             cfg = attrs.evolve(cfg, baseline_from=base.baseline_from or str(out / VARIANTS[0][0]))
         cfgs[key] = cfg
@@ -45,21 +52,35 @@ def _pm(row, key, digits=2, scale=1.0):
 
 def format_table(rows: dict) -> str:
     """Markdown in Table 2's columns (r-ELBO in nats per dimension)."""
-    head = ("| Method | Infraction (%) ↓ | Inf. per step (%) ↓ | r-ELBO (nats/dim) ↑ "
-            "| NFE/sample | ms/sample |\n|---|---|---|---|---|---|")
+    head = (
+        "| Method | Infraction (%) ↓ | Inf. per step (%) ↓ | r-ELBO (nats/dim) ↑ "
+        "| NFE/sample | ms/sample |\n|---|---|---|---|---|---|"
+    )
     lines = [head]
     for key in ("baseline", *(k for k, _ in VARIANTS)):
         r = rows.get(key)
-        cost = ("-", "-") if r is None else (f"{r['nfe_per_sample']:.0f}",
-                                            f"{1000 * r['seconds_per_sample']:.1f}")
-        lines.append(f"| {LABELS[key]} | {_pm(r, 'infraction')} | "
-                     f"{_pm(r, 'element_infraction')} | {_pm(r, 'elbo', 4)} | {cost[0]} | "
-                     f"{cost[1]} |")
+        cost = (
+            ("-", "-")
+            if r is None
+            else (f"{r['nfe_per_sample']:.0f}", f"{1000 * r['seconds_per_sample']:.1f}")
+        )
+        lines.append(
+            f"| {LABELS[key]} | {_pm(r, 'infraction')} | "
+            f"{_pm(r, 'element_infraction')} | {_pm(r, 'elbo', 4)} | {cost[0]} | "
+            f"{cost[1]} |"
+        )
     return "\n".join(lines)
 
 
-def run_table2(preset: str, out: str, assignments=(), *, progress: bool = False,
-               registry=None, picture: bool = True) -> Path:
+def run_table2(
+    preset: str,
+    out: str,
+    assignments=(),
+    *,
+    progress: bool = False,
+    registry=None,
+    picture: bool = True,
+) -> Path:
     """Run (or resume) both variants under ``out`` and write ``table2.md``, ``table2.json``
     and ``table2.png``; returns the path of ``table2.md``."""
     registry = registry or get_registry()
@@ -70,8 +91,14 @@ def run_table2(preset: str, out: str, assignments=(), *, progress: bool = False,
     rows, timings = {}, {}
     for key, cfg in cfgs.items():
         rundir = out / key
-        result = run(cfg, rundir, resume=(rundir / "config.toml").exists(), registry=registry,
-                     progress=progress, quiet=not progress)
+        result = run(
+            cfg,
+            rundir,
+            resume=(rundir / "config.toml").exists(),
+            registry=registry,
+            progress=progress,
+            quiet=not progress,
+        )
         by_stage = {r["stage"]: r for r in result}
         if key == VARIANTS[0][0]:
             rows["baseline"] = by_stage.get("baseline")
@@ -79,11 +106,11 @@ def run_table2(preset: str, out: str, assignments=(), *, progress: bool = False,
         timings[key] = _stage_seconds(rundir)
     table = format_table(rows)
     atomic_write_text(out / "table2.md", table + "\n")
-    atomic_write_text(out / "table2.json", json.dumps({"rows": rows, "seconds": timings},
-                                                      indent=1))
+    atomic_write_text(out / "table2.json", json.dumps({"rows": rows, "seconds": timings}, indent=1))
     if picture and rows.get("classifier") is not None:
-        corrected_picture(cfgs["classifier"], out / VARIANTS[0][0], out / "table2.png",
-                          registry=registry)
+        corrected_picture(
+            cfgs["classifier"], out / VARIANTS[0][0], out / "table2.png", registry=registry
+        )
     return out / "table2.md"
 
 
@@ -110,8 +137,9 @@ def corrected_picture(cfg, rundir: Path, path: Path, *, registry, n: int = 64) -
 
     process = build.make_process(cfg.process)
     dataset = build.make_dataset(registry, cfg.dataset)
-    splits = dataset.load(str(Path(cfg.data_root).expanduser()),
-                          stage_generator(cfg.seed, "data", "split"))
+    splits = dataset.load(
+        str(Path(cfg.data_root).expanduser()), stage_generator(cfg.seed, "data", "split")
+    )
     oracle = build.make_oracle(registry, cfg.oracle)
     base = build.make_denoiser(registry, cfg.denoiser, process)
     base.load_state_dict(load_checkpoint(rundir / "ckpt" / "baseline.pt")["modules"]["denoiser"])
@@ -128,9 +156,14 @@ def corrected_picture(cfg, rundir: Path, path: Path, *, registry, n: int = 64) -
     seed = int(torch.randint(0, 2**31, (1,), generator=gen))
     samples = {}
     for key, model in (("baseline", base), ("guided", guided)):
-        samples[key] = sampler(model, x_init.clone(), sigmas, cond=cond,
-                               generator=torch.Generator().manual_seed(seed),
-                               **cfg.sampling.options)
+        samples[key] = sampler(
+            model,
+            x_init.clone(),
+            sigmas,
+            cond=cond,
+            generator=torch.Generator().manual_seed(seed),
+            **cfg.sampling.options,
+        )
     labels: dict[str, OracleResult] = {k: oracle.label(v, cond) for k, v in samples.items()}
     fixed = (~labels["baseline"].valid & labels["guided"].valid).nonzero().flatten()
     bad = (~labels["baseline"].valid).nonzero().flatten()
@@ -141,12 +174,17 @@ def corrected_picture(cfg, rundir: Path, path: Path, *, registry, n: int = 64) -
     else:
         return False
     idx = torch.tensor([i])
-    joints = [motion_joints(denormalise(samples[k][idx], {kk: v[idx] for kk, v in cond.items()}),
-                            cond["mask"][idx])[0] for k in ("baseline", "guided")]
-    status = ["penetrates" if not labels[k].valid[i] else "above the floor"
-              for k in ("baseline", "guided")]
+    joints = [
+        motion_joints(
+            denormalise(samples[k][idx], {kk: v[idx] for kk, v in cond.items()}), cond["mask"][idx]
+        )[0]
+        for k in ("baseline", "guided")
+    ]
+    status = [
+        "penetrates" if not labels[k].valid[i] else "above the floor"
+        for k in ("baseline", "guided")
+    ]
     titles = [f"MDM (baseline): {status[0]}", f"MDM + classifier: {status[1]}"]
     threshold = getattr(oracle, "threshold", 0.05)
-    plot_motions(joints, titles, str(path), f"{cfg.name}: same noise, same condition",
-                 threshold)
+    plot_motions(joints, titles, str(path), f"{cfg.name}: same noise, same condition", threshold)
     return bool(len(fixed))

@@ -50,9 +50,11 @@ class ClipEncoder:
         try:
             import clip  # type: ignore
         except ImportError:
-            raise ImportError("text encoder 'clip' needs OpenAI's CLIP package "
-                              "(pip install git+https://github.com/openai/CLIP) and its "
-                              "weights; use text_encoder='bow' or 'none' without it") from None
+            raise ImportError(
+                "text encoder 'clip' needs OpenAI's CLIP package "
+                "(pip install git+https://github.com/openai/CLIP) and its "
+                "weights; use text_encoder='bow' or 'none' without it"
+            ) from None
         self._clip = clip
         self.model, _ = clip.load(version, device=device, jit=False)
         self.model.eval()
@@ -82,5 +84,5 @@ def encode(name: str, captions: list[str], batch_size: int = 256) -> torch.Tenso
     enc = make_text_encoder(name)
     if enc is None:
         return None
-    parts = [enc(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)]
+    parts = [enc(captions[i : i + batch_size]) for i in range(0, len(captions), batch_size)]
     return torch.cat(parts) if parts else torch.zeros(0, TEXT_DIM)

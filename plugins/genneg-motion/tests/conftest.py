@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from genneg_motion import skeleton as sk
 from genneg_motion.gait import forward_kinematics
 

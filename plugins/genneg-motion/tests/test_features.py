@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from genneg_motion import gait
 from genneg_motion import skeleton as sk
 from genneg_motion.features import (
@@ -42,8 +41,10 @@ def test_straight_walk(rest_joints):
     t = torch.arange(T, dtype=torch.float64)
     assert torch.allclose(joints[:, 0, 2], v * t / sk.FPS, atol=1e-9)
     assert torch.allclose(joints[:, 0, 0], torch.zeros(T, dtype=torch.float64), atol=1e-9)
-    expected = rest_joints[None] + torch.stack(
-        [torch.zeros(T), torch.zeros(T), v * t / sk.FPS], -1).double()[:, None]
+    expected = (
+        rest_joints[None]
+        + torch.stack([torch.zeros(T), torch.zeros(T), v * t / sk.FPS], -1).double()[:, None]
+    )
     assert torch.allclose(joints, expected, atol=1e-9)
     assert torch.allclose(facing_angle(joints), torch.zeros(T, dtype=torch.float64), atol=1e-9)
 

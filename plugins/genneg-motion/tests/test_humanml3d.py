@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from genneg_motion import skeleton as sk
 from genneg_motion.features import joints_to_features
 from genneg_motion.gait import generate

@@ -14,10 +14,10 @@ here by hand from that reading, not produced by our own module.
 
 import pytest
 import torch
+from genneg_motion.mdm import MDM, MDMClassifier, load_mdm_checkpoint
 
 from genneg.diffusion.vp import VPConfig, VPProcess
 from genneg.testing import ClassifierContract, NetworkContract
-from genneg_motion.mdm import MDM, MDMClassifier, load_mdm_checkpoint
 
 D, FF, L, V = 512, 1024, 8, 263
 
@@ -39,14 +39,22 @@ def official_layout():
     }
     for i in range(L):
         p = f"seqTransEncoder.layers.{i}."
-        keys.update({
-            p + "self_attn.in_proj_weight": (3 * D, D), p + "self_attn.in_proj_bias": (3 * D,),
-            p + "self_attn.out_proj.weight": (D, D), p + "self_attn.out_proj.bias": (D,),
-            p + "linear1.weight": (FF, D), p + "linear1.bias": (FF,),
-            p + "linear2.weight": (D, FF), p + "linear2.bias": (D,),
-            p + "norm1.weight": (D,), p + "norm1.bias": (D,),
-            p + "norm2.weight": (D,), p + "norm2.bias": (D,),
-        })
+        keys.update(
+            {
+                p + "self_attn.in_proj_weight": (3 * D, D),
+                p + "self_attn.in_proj_bias": (3 * D,),
+                p + "self_attn.out_proj.weight": (D, D),
+                p + "self_attn.out_proj.bias": (D,),
+                p + "linear1.weight": (FF, D),
+                p + "linear1.bias": (FF,),
+                p + "linear2.weight": (D, FF),
+                p + "linear2.bias": (D,),
+                p + "norm1.weight": (D,),
+                p + "norm1.bias": (D,),
+                p + "norm2.weight": (D,),
+                p + "norm2.bias": (D,),
+            }
+        )
     return keys
 
 
@@ -128,8 +136,10 @@ def test_classifier_ignores_padding_and_has_no_text():
 
 def _batch(n):
     g = torch.Generator().manual_seed(n)
-    return torch.randn(n, 10, V, generator=g), {"mask": torch.ones(n, 10, dtype=torch.bool),
-                                                "text": torch.randn(n, 512, generator=g)}
+    return torch.randn(n, 10, V, generator=g), {
+        "mask": torch.ones(n, 10, dtype=torch.bool),
+        "text": torch.randn(n, 512, generator=g),
+    }
 
 
 class TestMDMContract(NetworkContract):

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-
-from genneg.testing import OracleContract
 from genneg_motion import skeleton as sk
 from genneg_motion.features import joints_to_features
 from genneg_motion.gait import generate
 from genneg_motion.oracle import CATEGORY, GroundPenetrationOracle
 from genneg_motion.splits import pack
+
+from genneg.testing import OracleContract
 
 
 def _standing(rest_joints, T=12):
@@ -45,8 +45,14 @@ def test_walk_is_valid_and_a_sunken_foot_is_not(rest_joints, rng):
 def test_threshold_is_strict_and_in_metres(rest_joints):
     stand = _standing(rest_joints)
     b = _batch([_sink(stand, slice(2, 3), 0.049), _sink(stand, slice(2, 3), 0.051)])
-    assert GroundPenetrationOracle(threshold=0.05).label(b.x, b.cond).valid.tolist() == [True, False]
-    assert GroundPenetrationOracle(threshold=0.0).label(b.x, b.cond).valid.tolist() == [False, False]
+    assert GroundPenetrationOracle(threshold=0.05).label(b.x, b.cond).valid.tolist() == [
+        True,
+        False,
+    ]
+    assert GroundPenetrationOracle(threshold=0.0).label(b.x, b.cond).valid.tolist() == [
+        False,
+        False,
+    ]
     with pytest.raises(ValueError, match="threshold"):
         GroundPenetrationOracle(threshold=-1)
 
@@ -76,6 +82,9 @@ class TestOracleContract(OracleContract):
         mean = torch.zeros(sk.FEATURE_DIM)
         mean[3] = 0.9
         mean[sk.RIC] = 0.3
-        cond = {"mask": torch.ones(n, 10, dtype=torch.bool),
-                "feat_mean": mean.expand(n, -1), "feat_std": torch.full((n, sk.FEATURE_DIM), 0.2)}
+        cond = {
+            "mask": torch.ones(n, 10, dtype=torch.bool),
+            "feat_mean": mean.expand(n, -1),
+            "feat_std": torch.full((n, sk.FEATURE_DIM), 0.2),
+        }
         return x, cond

@@ -71,8 +71,9 @@ def test_posed_mesh_follows_the_recovered_joints(smpl_file, rng):
         from genneg_motion.smpl_oracle import pose_parameters
 
         orient, body_pose, root = pose_parameters(f.double())
-        out = oracle.body(global_orient=orient.float(), body_pose=body_pose.float(),
-                          betas=torch.zeros(len(f), 10))
+        out = oracle.body(
+            global_orient=orient.float(), body_pose=body_pose.float(), betas=torch.zeros(len(f), 10)
+        )
         verts = out.vertices + (root.float() - out.joints[:, 0])[:, None]
         assert (verts[:, :22] - joints).abs().max() < 1e-4, kind
 
@@ -81,7 +82,7 @@ def test_lowest_vertex_and_labels(smpl_file, rest_joints):
     stand = joints_to_features(rest_joints[None].expand(11, -1, -1).clone())
     sunk = stand.clone()
     sunk[4:6, 3] -= 0.2  # the whole body 20 cm lower in frames 4-5
-    sunk[4:6, sk.RIC.start + 1:sk.RIC.stop:3] -= 0.2
+    sunk[4:6, sk.RIC.start + 1 : sk.RIC.stop : 3] -= 0.2
     b = _split([stand, sunk], 10)
     oracle = SMPLGroundPenetrationOracle(model_path=str(smpl_file), threshold=0.10)
     low = oracle.lowest_vertex(b.x)
