@@ -160,3 +160,27 @@ class TestClassifierContract(ClassifierContract):
 
     def make_batch(self, n):
         return _batch(n)
+
+
+def test_import_mdm_writes_a_baseline_the_engine_reads(tmp_path):
+    from genneg.engine import build
+    from genneg.engine.rundir import load_checkpoint
+    from genneg.engine.runner import _baseline_checkpoint
+    from genneg.plugins import build_registry
+    from genneg_motion import plugin
+    from genneg_motion.mdm_import import import_mdm
+
+    g = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(s, generator=g) for k, s in official_layout().items()}
+    src = tmp_path / "model000475000.pt"
+    torch.save(state, src)
+    registry = build_registry(extra_plugins={"motion": plugin}, autoload=False)
+    path = import_mdm(str(src), str(tmp_path / "mdm-baseline"), "motion-paper", registry)
+    assert path == _baseline_checkpoint(str(tmp_path / "mdm-baseline"))
+    cfg = registry.get("presets", "motion-paper")()
+    process = build.make_process(cfg.process)
+    den = build.make_denoiser(registry, cfg.denoiser, process)
+    den.load_state_dict(load_checkpoint(path)["modules"]["denoiser"])
+    assert torch.equal(
+        den.network.output_process.poseFinal.bias, state["output_process.poseFinal.bias"]
+    )
