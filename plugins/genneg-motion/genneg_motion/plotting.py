@@ -37,7 +37,9 @@ def draw_skeleton(ax, joints: np.ndarray, threshold: float, n_frames: int = 8) -
     ax.plot(joints[:, 0, 0], joints[:, 0, 2], np.zeros(T), color="0.4", lw=0.8, ls="--")
     ax.set_xlim(mid_x - half, mid_x + half)
     ax.set_ylim(mid_z - half, mid_z + half)
-    ax.set_zlim(min(-0.3, joints[..., 1].min()), max(2.0, joints[..., 1].max()))
+    z_lo, z_hi = min(-0.3, joints[..., 1].min()), max(2.0, joints[..., 1].max())
+    ax.set_zlim(z_lo, z_hi)
+    ax.set_box_aspect((1, 1, min(1.5, (z_hi - z_lo) / (2 * half))))  # metres alike on all axes
     ax.set_xlabel("x (m)", fontsize=7)
     ax.set_ylabel("z (m)", fontsize=7)
     ax.set_zlabel("height (m)", fontsize=7)

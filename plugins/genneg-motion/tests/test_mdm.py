@@ -163,12 +163,13 @@ class TestClassifierContract(ClassifierContract):
 
 
 def test_import_mdm_writes_a_baseline_the_engine_reads(tmp_path):
+    from genneg_motion import plugin
+    from genneg_motion.mdm_import import import_mdm
+
     from genneg.engine import build
     from genneg.engine.rundir import load_checkpoint
     from genneg.engine.runner import _baseline_checkpoint
     from genneg.plugins import build_registry
-    from genneg_motion import plugin
-    from genneg_motion.mdm_import import import_mdm
 
     g = torch.Generator().manual_seed(1)
     state = {k: torch.randn(s, generator=g) for k, s in official_layout().items()}
