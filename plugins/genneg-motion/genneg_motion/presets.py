@@ -26,8 +26,10 @@ SMALL_NET = {"latent_dim": 64, "ff_size": 128, "num_layers": 2, "num_heads": 4, 
 
 
 def demo_preset() -> RunConfig:
-    """Synthetic HumanML3D-format motions (3 s max), a small MDM, DDPM with 50 respaced steps;
-    one Gen-neG iteration; minutes on a CPU."""
+    """CPU demo: synthetic HumanML3D-format motions, a small MDM, 50 DDPM steps (minutes).
+
+    1000 training motions of 2-3 s, MDM with latent 64 and 2 layers, one Gen-neG iteration
+    with 600 + 600 synthetic motions."""
     return RunConfig(
         name="motion",
         dataset=ComponentSpec(
@@ -63,8 +65,10 @@ def demo_preset() -> RunConfig:
 
 
 def paper_preset() -> RunConfig:
-    """App. B.3: HumanML3D with CLIP text, MDM (512 latent, 8 layers, 4 heads, ff 1024), 1000
-    DDPM steps; 250k + 250k synthetic motions; classifier batch 256, lr 1e-4, 100k steps;
+    """App. B.3: HumanML3D + CLIP, full-size MDM, 1000 DDPM steps (a GPU and the data).
+
+    MDM (512 latent, 8 layers, 4 heads, ff 1024); 250k + 250k synthetic motions; classifier
+    batch 256, lr 1e-4, 100k steps;
     4626 evaluation motions (one per test caption). Set ``baseline_from`` to the run made by
     ``genneg motion import-mdm model000475000.pt`` (or train: MDM used 475k steps of batch 64,
     lr 1e-4)."""
@@ -103,5 +107,6 @@ def ablation(preset, weighting: str, suffix: str):
             classifier=attrs.evolve(cfg.classifier, weighting=weighting),
         )
 
-    factory.__doc__ = f"{(preset.__doc__ or '').splitlines()[0]} Weighting {weighting!r}."
+    first = (preset.__doc__ or "").splitlines()[0].rstrip(".")
+    factory.__doc__ = f"{first}; classifier weighting {weighting!r}."
     return factory

@@ -1,6 +1,7 @@
 """The structure of Table 2: MDM, MDM + classifier (Eq. 13), MDM + classifier w/o IS, sharing
-one baseline, with infraction %, inf. per step %, r-ELBO (± s.e.) and a picture of a
-penetrating motion next to the guided model's motion from the same noise."""
+one baseline, with infraction %, inf. per step %, r-ELBO (± s.e.), a paired comparison of where
+each model puts the body relative to the floor, and a picture of a penetrating motion next to
+the guided model's motion from the same noise."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import attrs
 import torch
 
 from genneg import config as config_mod
-from genneg.components import OracleResult
 from genneg.engine import build
 from genneg.engine.rundir import atomic_write_text, load_checkpoint
 from genneg.engine.runner import run, stage_generator
@@ -56,7 +56,7 @@ def format_table(rows: dict) -> str:
     to the baseline (Δ) is far more precise than the ± s.e. of each value."""
     head = (
         "| Method | Infraction (%) ↓ | Inf. per step (%) ↓ | r-ELBO (nats/dim) ↑ "
-        "| NFE/sample | ms/sample |\n|---|---|---|---|---|---|"
+        "| Δ r-ELBO | NFE/sample | ms/sample |\n|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for key in ("baseline", *(k for k, _ in VARIANTS)):
@@ -66,9 +66,11 @@ def format_table(rows: dict) -> str:
             if r is None
             else (f"{r['nfe_per_sample']:.0f}", f"{1000 * r['seconds_per_sample']:.1f}")
         )
+        base = rows.get("baseline")
+        delta = "-" if r is None or base is None else f"{r['elbo'] - base['elbo']:+.4f}"
         lines.append(
             f"| {LABELS[key]} | {_pm(r, 'infraction')} | "
-            f"{_pm(r, 'element_infraction')} | {_pm(r, 'elbo', 4)} | {cost[0]} | "
+            f"{_pm(r, 'element_infraction')} | {_pm(r, 'elbo', 4)} | {delta} | {cost[0]} | "
             f"{cost[1]} |"
         )
     return "\n".join(lines)
@@ -107,13 +109,21 @@ def run_table2(
         rows[key] = by_stage.get("iter1")
         timings[key] = _stage_seconds(rundir)
     table = format_table(rows)
-    text = f"{table}\n\nTime on this machine (seconds):\n\n{format_timings(timings)}\n"
-    atomic_write_text(out / "table2.md", text)
-    atomic_write_text(out / "table2.json", json.dumps({"rows": rows, "seconds": timings}, indent=1))
-    if picture and rows.get("classifier") is not None:
-        corrected_picture(
-            cfgs["classifier"], out / VARIANTS[0][0], out / "table2.png", registry=registry
+    floor = {}
+    if picture and rows.get("baseline") is not None:
+        floor = paired_comparison(cfgs, out, registry=registry, picture=out / "table2.png")
+    text = f"{table}\n"
+    if floor:
+        text += (
+            "\nSame conditions and noise for every model (where the body is, relative to "
+            f"the floor):\n\n{format_floor(floor)}\n"
         )
+    text += f"\nTime on this machine (seconds):\n\n{format_timings(timings)}\n"
+    atomic_write_text(out / "table2.md", text)
+    atomic_write_text(
+        out / "table2.json",
+        json.dumps({"rows": rows, "paired": floor, "seconds": timings}, indent=1),
+    )
     return out / "table2.md"
 
 
@@ -142,40 +152,64 @@ def format_timings(timings: dict) -> str:
     lines = ["| run | stage | seconds |", "|---|---|---|"]
     for run_name, stages in timings.items():
         for stage, acts in stages.items():
-            text = ", ".join(f"{k} {v:.0f}" for k, v in acts.items())
+            text = ", ".join(f"{k} {v:.1f}" for k, v in acts.items())
             lines.append(f"| {run_name} | {stage} | {text} |")
     return "\n".join(lines)
 
 
-@torch.no_grad()
-def corrected_picture(cfg, rundir: Path, path: Path, *, registry, n: int = 64) -> bool:
-    """Sample ``n`` motions from the baseline and the guided model with the same conditions
-    and noise; draw one the baseline makes penetrate and the guided model keeps above the
-    floor (or, failing that, any penetrating one). Returns whether a corrected pair exists."""
-    from genneg_motion.plotting import motion_joints, plot_motions
+def _load_models(cfgs: dict, out: Path, registry):
+    """The shared baseline and each variant's classifier, from the runs' checkpoints."""
+    first = cfgs[VARIANTS[0][0]]
+    process = build.make_process(first.process)
+    base = build.make_denoiser(registry, first.denoiser, process)
+    src = out / VARIANTS[0][0] / "ckpt" / "baseline.pt"
+    base.load_state_dict(load_checkpoint(src)["modules"]["denoiser"])
+    base.eval()
+    models = {"baseline": base}
+    for key, cfg in cfgs.items():
+        path = out / key / "ckpt" / "iter1.pt"
+        if not path.exists():
+            continue
+        clf = build.make_classifier(registry, cfg.classifier.network, process)
+        clf.load_state_dict(load_checkpoint(path)["modules"]["classifier"])
+        clf.eval().requires_grad_(False)
+        models[key] = GuidedDenoiser(base, [clf], cfg.classifier.guidance_scale)
+    return process, models
+
+
+def lowest_joint(x: torch.Tensor, cond: dict) -> torch.Tensor:
+    """Per-frame height of the lowest joint (metres), ``NaN`` on padded frames."""
+    from genneg_motion.features import joint_heights
     from genneg_motion.splits import denormalise
 
-    process = build.make_process(cfg.process)
+    low = joint_heights(denormalise(x, cond)).amin(-1)
+    return torch.where(cond["mask"], low, torch.full_like(low, float("nan")))
+
+
+@torch.no_grad()
+def paired_comparison(
+    cfgs: dict, out: Path, *, registry, n: int = 256, picture: Path | None = None
+) -> dict:
+    """Sample ``n`` motions from the baseline and each guided model with the same conditions
+    and the same noise, and measure how each model places the body relative to the floor: the
+    mean height of the lowest joint over frames (cm; guidance that lifts the whole body, or
+    "floats", shows here) next to the same on held-out data. Optionally draw one motion the
+    baseline makes penetrate next to the guided model's motion from the same noise."""
+    cfg = cfgs[VARIANTS[0][0]]
+    process, models = _load_models(cfgs, out, registry)
     dataset = build.make_dataset(registry, cfg.dataset)
     splits = dataset.load(
         str(Path(cfg.data_root).expanduser()), stage_generator(cfg.seed, "data", "split")
     )
     oracle = build.make_oracle(registry, cfg.oracle)
-    base = build.make_denoiser(registry, cfg.denoiser, process)
-    base.load_state_dict(load_checkpoint(rundir / "ckpt" / "baseline.pt")["modules"]["denoiser"])
-    clf = build.make_classifier(registry, cfg.classifier.network, process)
-    clf.load_state_dict(load_checkpoint(rundir / "ckpt" / "iter1.pt")["modules"]["classifier"])
-    base.eval()
-    clf.eval().requires_grad_(False)
-    guided = GuidedDenoiser(base, [clf], cfg.classifier.guidance_scale)
     sampler = registry.get("samplers", cfg.sampling.sampler)
     sigmas = process.sampling_sigmas(cfg.sampling.steps or None)
-    gen = stage_generator(cfg.seed, "table2", "picture")
+    gen = stage_generator(cfg.seed, "table2", "paired")
     cond, shape = resample_conditions(splits.train, n, gen)
     x_init = process.sample_prior((n, *shape), gen)
     seed = int(torch.randint(0, 2**31, (1,), generator=gen))
-    samples = {}
-    for key, model in (("baseline", base), ("guided", guided)):
+    samples, labels, stats = {}, {}, {}
+    for key, model in models.items():
         samples[key] = sampler(
             model,
             x_init.clone(),
@@ -184,27 +218,55 @@ def corrected_picture(cfg, rundir: Path, path: Path, *, registry, n: int = 64) -
             generator=torch.Generator().manual_seed(seed),
             **cfg.sampling.options,
         )
-    labels: dict[str, OracleResult] = {k: oracle.label(v, cond) for k, v in samples.items()}
-    fixed = (~labels["baseline"].valid & labels["guided"].valid).nonzero().flatten()
+        labels[key] = oracle.label(samples[key], cond)
+        low = lowest_joint(samples[key], cond)
+        stats[key] = {
+            "n": n,
+            "infraction": 100 * float((~labels[key].valid).float().mean()),
+            "lowest_joint_cm": 100 * float(low.nanmean()),
+        }
+    test = splits.test
+    stats["data"] = {
+        "n": len(test),
+        "lowest_joint_cm": 100 * float(lowest_joint(test.x, test.cond).nanmean()),
+    }
+    if picture is not None and "classifier" in samples:
+        _draw_pair(samples, labels, cond, oracle, picture, cfg.name)
+    return stats
+
+
+def _draw_pair(samples, labels, cond, oracle, path, name) -> bool:
+    from genneg_motion.plotting import motion_joints, plot_motions
+    from genneg_motion.splits import denormalise
+
+    fixed = (~labels["baseline"].valid & labels["classifier"].valid).nonzero().flatten()
     bad = (~labels["baseline"].valid).nonzero().flatten()
-    if len(fixed):
-        i = int(fixed[0])
-    elif len(bad):
-        i = int(bad[0])
-    else:
+    if len(fixed) == 0 and len(bad) == 0:
         return False
+    i = int(fixed[0]) if len(fixed) else int(bad[0])
     idx = torch.tensor([i])
-    joints = [
-        motion_joints(
-            denormalise(samples[k][idx], {kk: v[idx] for kk, v in cond.items()}), cond["mask"][idx]
-        )[0]
-        for k in ("baseline", "guided")
-    ]
-    status = [
-        "penetrates" if not labels[k].valid[i] else "above the floor"
-        for k in ("baseline", "guided")
-    ]
+    sub = {k: v[idx] for k, v in cond.items()}
+    keys = ("baseline", "classifier")
+    joints = [motion_joints(denormalise(samples[k][idx], sub), sub["mask"])[0] for k in keys]
+    status = ["penetrates" if not labels[k].valid[i] else "above the floor" for k in keys]
     titles = [f"MDM (baseline): {status[0]}", f"MDM + classifier: {status[1]}"]
-    threshold = getattr(oracle, "threshold", 0.05)
-    plot_motions(joints, titles, str(path), f"{cfg.name}: same noise, same condition", threshold)
+    plot_motions(
+        joints,
+        titles,
+        str(path),
+        f"{name}: same noise, same condition",
+        getattr(oracle, "threshold", 0.01),
+    )
     return bool(len(fixed))
+
+
+def format_floor(stats: dict) -> str:
+    lines = [
+        "| samples of | n | infraction (%) | lowest joint, mean over frames (cm) |",
+        "|---|---|---|---|",
+    ]
+    for key, st in stats.items():
+        label = "held-out data" if key == "data" else LABELS[key]
+        inf = f"{st['infraction']:.1f}" if "infraction" in st else "-"
+        lines.append(f"| {label} | {st['n']} | {inf} | {st['lowest_joint_cm']:.2f} |")
+    return "\n".join(lines)
