@@ -16,27 +16,16 @@ from genneg_motion.features import (
 )
 
 
-def standing_features(rest_joints, T):
-    """T frames of the T-pose standing at the origin, by hand (no converter)."""
-    f = torch.zeros(T, sk.FEATURE_DIM, dtype=torch.float64)
-    f[:, 3] = rest_joints[0, 1]
-    rel = rest_joints[1:].clone()
-    rel[:, [0, 2]] -= rest_joints[0, [0, 2]]
-    f[:, sk.RIC] = rel.reshape(-1)
-    return f
-
-
 def test_layout_is_263():
     sizes = [s.stop - s.start for s in sk.FEATURE_GROUPS]
     assert sizes == [1, 2, 1, 63, 126, 66, 4] and sum(sizes) == sk.FEATURE_DIM
 
 
-def test_straight_walk(rest_joints):
+def test_straight_walk(rest_joints, hand_built):
     """Root velocity (0, v/fps) in the facing frame and no rotation: the body glides along +z
     at v m/s keeping its pose."""
     T, v = 40, 1.2
-    f = standing_features(rest_joints, T)
-    f[:, 2] = v / sk.FPS
+    f = hand_built(T, speed=v)
     joints = recover_from_ric(f)
     t = torch.arange(T, dtype=torch.float64)
     assert torch.allclose(joints[:, 0, 2], v * t / sk.FPS, atol=1e-9)
@@ -49,13 +38,11 @@ def test_straight_walk(rest_joints):
     assert torch.allclose(facing_angle(joints), torch.zeros(T, dtype=torch.float64), atol=1e-9)
 
 
-def test_root_turn_walks_a_circle(rest_joints):
+def test_root_turn_walks_a_circle(hand_built):
     """Constant yaw rate w and speed v: the root runs on a circle of radius ~v/w, and the
     body's facing turns by w per second (the feature stores half the per-frame increment)."""
     T, v, w = 120, 1.0, 0.8  # m/s, rad/s
-    f = standing_features(rest_joints, T)
-    f[:, 0] = w / sk.FPS / 2
-    f[:, 2] = v / sk.FPS
+    f = hand_built(T, speed=v, turn=w)
     joints = recover_from_ric(f)
     root = joints[:, 0, [0, 2]]
     # heading turns by w/fps per frame; phi > 0 turns the forward direction towards -x (right)
@@ -75,9 +62,9 @@ def test_root_turn_walks_a_circle(rest_joints):
     assert centre[0] < 0  # the centre lies to the right (-x) of the start
 
 
-def test_foot_below_the_floor(rest_joints):
+def test_foot_below_the_floor(hand_built):
     """A toe joint pushed 10 cm under the floor in frames 3-5 shows in the joint heights."""
-    f = standing_features(rest_joints, 10)
+    f = hand_built(10)
     toe = sk.LEFT_FOOT[1]
     f[3:6, sk.RIC.start + 3 * (toe - 1) + 1] = -0.10
     heights = joint_heights(f)

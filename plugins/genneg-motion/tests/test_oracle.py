@@ -42,6 +42,18 @@ def test_walk_is_valid_and_a_sunken_foot_is_not(rest_joints, rng):
     assert per_step == pytest.approx(3 / 36)
 
 
+def test_hand_built_walk_and_turn(hand_built):
+    """Straight walk and root turn, written by hand: valid; the same with the right toe 3 cm
+    under the floor in frame 7 (of the turn): that frame alone infracts."""
+    walk = hand_built(12, speed=1.2).float()
+    turn = hand_built(12, speed=1.0, turn=0.8).float()
+    sunk = _sink(turn, slice(7, 8), 0.03, joint=sk.RIGHT_FOOT[1])
+    b = _batch([walk, turn, sunk])
+    r = GroundPenetrationOracle(threshold=0.01).label(b.x, b.cond)
+    assert r.valid.tolist() == [True, True, False]
+    assert (~r.element_valid).nonzero().tolist() == [[2, 7]]
+
+
 def test_threshold_is_strict_and_in_metres(rest_joints):
     stand = _standing(rest_joints)
     b = _batch([_sink(stand, slice(2, 3), 0.049), _sink(stand, slice(2, 3), 0.051)])
