@@ -33,13 +33,19 @@ def motion():
     metavar="KEY=VALUE",
     help="Override a config key of the preset, e.g. --set eval.n_samples=2000.",
 )
+@click.option(
+    "--per-frame",
+    is_flag=True,
+    help="Add a row with a per-frame classifier trained on the frame labels.",
+)
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def table2_cmd(preset, out, assignments, no_progress):
+def table2_cmd(preset, out, assignments, per_frame, no_progress):
     """Run Table 2: MDM, + classifier, + classifier w/o IS (one shared baseline)."""
     from genneg_motion.table2 import run_table2
 
     out = out or str(Path("runs") / f"{preset}-table2")
-    path = run_table2(preset, out, assignments, progress=not no_progress and sys.stderr.isatty())
+    progress = not no_progress and sys.stderr.isatty()
+    path = run_table2(preset, out, assignments, progress=progress, per_frame=per_frame)
     click.echo(path.read_text())
     click.echo(f"runs, table2.md, table2.json and table2.png in {out}")
 

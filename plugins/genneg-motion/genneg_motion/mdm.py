@@ -199,12 +199,14 @@ class MDM(nn.Module):
 
 
 class MDMClassifier(MDM):
-    """The guidance classifier: MDM's architecture without the text encoder (Sec. 4.3), reading
-    one logit per motion from the timestep token's output (``granularity = "sample"``).
-    Padded frames are masked out of attention by default, so a motion's label does not depend
-    on how long its padding is."""
+    """The guidance classifier: MDM's architecture without the text encoder (Sec. 4.3).
 
-    granularity = "sample"
+    ``granularity="sample"`` (the paper's): one logit per motion, read from the timestep
+    token's output. ``granularity="element"``: one logit per frame from each frame's output,
+    trained on the oracle's per-frame labels, with ``log C(x) = sum_frames log C_frame`` (the
+    by-agent construction of Sec. 4.2 applied to frames). Padded frames are masked out of
+    attention by default, so a label does not depend on the length of the padding.
+    """
 
     def __init__(
         self,
@@ -215,9 +217,12 @@ class MDMClassifier(MDM):
         dropout: float = 0.1,
         activation: str = "gelu",
         mask_frames: bool = True,
+        granularity: str = "sample",
         njoints: int = sk.FEATURE_DIM,
         max_len: int = 5000,
     ):
+        if granularity not in ("sample", "element"):
+            raise ValueError(f"granularity must be 'sample' or 'element', got {granularity!r}")
         super().__init__(
             njoints=njoints,
             latent_dim=latent_dim,
@@ -230,13 +235,17 @@ class MDMClassifier(MDM):
             mask_frames=mask_frames,
             max_len=max_len,
         )
+        self.granularity = granularity
         self.classifier_head = nn.Linear(latent_dim, 1)
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, mask=None, **unused):
-        """Logits ``[B]`` for ``x_in [B, T, 263]`` at step ``c_noise``."""
+        """Logits ``[B]`` (or ``[B, T]`` per frame) for ``x_in [B, T, 263]`` at ``c_noise``."""
         t = check_steps(c_noise, self.sequence_pos_encoder.pe.shape[0])
         x = x_in.permute(0, 2, 1)[:, :, None, :]
-        return self.classifier_head(self.encode(x, t, None, mask)[0]).squeeze(-1)
+        h = self.encode(x, t, None, mask)
+        if self.granularity == "sample":
+            return self.classifier_head(h[0]).squeeze(-1)
+        return self.classifier_head(h[1:]).squeeze(-1).permute(1, 0)
 
 
 def mdm_paper(**overrides) -> MDM:

@@ -19,27 +19,35 @@ from genneg.engine.sampling import resample_conditions
 from genneg.guidance import GuidedDenoiser
 from genneg.plugins import get_registry
 
-VARIANTS = (("classifier", "is"), ("classifier-no-is", "no-is"))
+#: Table 2's rows after the baseline: (run name, loss weighting, classifier granularity).
+VARIANTS = (("classifier", "is", "sample"), ("classifier-no-is", "no-is", "sample"))
+#: An optional extra row: a per-frame classifier trained on the oracle's frame labels.
+PER_FRAME = ("classifier-per-frame", "is", "element")
 LABELS = {
     "baseline": "MDM",
     "classifier": "MDM + classifier",
     "classifier-no-is": "MDM + classifier w/o IS",
+    "classifier-per-frame": "MDM + per-frame classifier",
 }
 
 
-def table2_configs(base, out: Path) -> dict:
-    """One-iteration runs for each weighting; the second reuses the first's baseline."""
+def table2_configs(base, out: Path, per_frame: bool = False) -> dict:
+    """One-iteration runs for each variant; all but the first reuse the first's baseline."""
     cfgs = {}
-    for key, weighting in VARIANTS:
+    first = VARIANTS[0][0]
+    for key, weighting, granularity in VARIANTS + ((PER_FRAME,) if per_frame else ()):
+        network = base.classifier.network
+        if granularity != "sample":
+            network = attrs.evolve(network, options={**network.options, "granularity": granularity})
         cfg = attrs.evolve(
             base,
             name=f"{base.name}-{key}",
             iterations=1,
-            classifier=attrs.evolve(base.classifier, weighting=weighting),
+            classifier=attrs.evolve(base.classifier, weighting=weighting, network=network),
             distill=attrs.evolve(base.distill, enabled=False),
         )
-        if key != VARIANTS[0][0]:
-            cfg = attrs.evolve(cfg, baseline_from=base.baseline_from or str(out / VARIANTS[0][0]))
+        if key != first:
+            cfg = attrs.evolve(cfg, baseline_from=base.baseline_from or str(out / first))
         cfgs[key] = cfg
     return cfgs
 
@@ -59,7 +67,7 @@ def format_table(rows: dict) -> str:
         "| Δ r-ELBO | NFE/sample | ms/sample |\n|---|---|---|---|---|---|---|"
     )
     lines = [head]
-    for key in ("baseline", *(k for k, _ in VARIANTS)):
+    for key in ("baseline", *(k for k in LABELS if k != "baseline" and k in rows)):
         r = rows.get(key)
         cost = (
             ("-", "-")
@@ -84,6 +92,7 @@ def run_table2(
     progress: bool = False,
     registry=None,
     picture: bool = True,
+    per_frame: bool = False,
 ) -> Path:
     """Run (or resume) both variants under ``out`` and write ``table2.md``, ``table2.json``
     and ``table2.png``; returns the path of ``table2.md``."""
@@ -91,7 +100,7 @@ def run_table2(
     base = config_mod.resolve(registry.get("presets", preset)(), (), assignments)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfgs = table2_configs(base, out)
+    cfgs = table2_configs(base, out, per_frame)
     rows, timings = {}, {}
     for key, cfg in cfgs.items():
         rundir = out / key

@@ -44,13 +44,22 @@ def test_table2_runs_and_reports(tmp_path):
     registry = build_registry(extra_plugins={"motion": plugin}, autoload=False)
     out = tmp_path / "t2"
     path = run_table2(
-        "motion", str(out), [*TINY, f"data_root={tmp_path / 'data'}"], registry=registry
+        "motion",
+        str(out),
+        [*TINY, f"data_root={tmp_path / 'data'}"],
+        registry=registry,
+        per_frame=True,
     )
     table = path.read_text()
-    for label in ("| MDM |", "| MDM + classifier |", "| MDM + classifier w/o IS |"):
+    for label in (
+        "| MDM |",
+        "| MDM + classifier |",
+        "| MDM + classifier w/o IS |",
+        "| MDM + per-frame classifier |",
+    ):
         assert label in table
     rows = json.loads((out / "table2.json").read_text())["rows"]
-    for key in ("baseline", "classifier", "classifier-no-is"):
+    for key in ("baseline", "classifier", "classifier-no-is", "classifier-per-frame"):
         row = rows[key]
         assert row is not None, key
         assert 0 <= row["infraction"] <= 100 and 0 <= row["element_infraction"] <= 100

@@ -185,3 +185,40 @@ def test_import_mdm_writes_a_baseline_the_engine_reads(tmp_path):
     assert torch.equal(
         den.network.output_process.poseFinal.bias, state["output_process.poseFinal.bias"]
     )
+
+
+class TestPerFrameClassifierContract(ClassifierContract):
+    process = MDM_PROCESS
+
+    def make_classifier(self):
+        return MDMClassifier(granularity="element", **SMALL)
+
+    def make_batch(self, n):
+        return _batch(n)
+
+
+def test_per_frame_classifier_trains_on_frame_labels():
+    """One Eq. 13 step on per-frame labels runs and gives per-frame logits."""
+    from genneg.classifier_loss import label_weights, weighted_bce
+    from genneg.guidance import TimeClassifier
+
+    torch.manual_seed(0)
+    clf = TimeClassifier(MDMClassifier(granularity="element", **SMALL), MDM_PROCESS)
+    x, cond = _batch(4)
+    frames = torch.ones(4, 10, dtype=torch.bool)
+    frames[1, 3] = False
+    labels = frames.all(1)
+    sigma = MDM_PROCESS.t_to_sigma(torch.tensor([1, 10, 100, 999]))
+    logits = clf(x, sigma, **cond)
+    assert logits.shape == (4, 10)
+    loss = weighted_bce(
+        logits,
+        labels,
+        label_weights(labels, 0.8, "is", 0.75),
+        element_labels=frames,
+        mask=cond["mask"],
+    )
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="granularity"):
+        MDMClassifier(granularity="frame")

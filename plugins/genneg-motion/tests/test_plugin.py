@@ -55,6 +55,11 @@ def test_table2_configs_share_the_baseline(registry, tmp_path):
     assert all(c.iterations == 1 for c in cfgs.values())
     assert cfgs["classifier"].baseline_from == ""
     assert cfgs["classifier-no-is"].baseline_from == str(tmp_path / "classifier")
+    cfgs = table2_configs(base, tmp_path, per_frame=True)
+    pf = cfgs["classifier-per-frame"]
+    assert pf.classifier.network.options["granularity"] == "element"
+    assert pf.classifier.weighting == "is"
+    assert pf.baseline_from == str(tmp_path / "classifier")
 
 
 def test_cli_group_is_added():
