@@ -125,24 +125,22 @@ def presets_cmd():
 
 
 def _add_plugin_commands() -> None:
+    """Let each loaded plugin add its sub-commands; a plugin whose commands fail is reported
+    and skipped, the others keep theirs."""
     import importlib.metadata
 
-    import pluggy
-
-    from genneg import hookspecs
     from genneg.plugins import ENTRY_POINT_GROUP
 
-    pm = pluggy.PluginManager("genneg")
-    pm.add_hookspecs(hookspecs)
     registry = get_registry()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in registry.plugins:
-            continue
+            continue  # not loaded (disabled, not allowed, or reported as broken)
         try:
-            pm.register(ep.load(), name=ep.name)
-        except Exception:  # already reported by the registry
-            continue
-    pm.hook.register_commands(cli=cli)
+            hook = getattr(ep.load(), "register_commands", None)
+            if hook is not None:
+                hook(cli=cli)
+        except Exception as exc:
+            click.echo(f"warning: commands of plugin {ep.name!r} unavailable: {exc}", err=True)
 
 
 def main(argv=None):

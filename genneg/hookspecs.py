@@ -20,7 +20,8 @@ def register_oracles(register):
 
     :param register: ``register(name, factory)``; ``factory(**options)`` returns an object with
         ``categories: tuple[str, ...]`` and ``label(x, cond) -> OracleResult``
-        (see :class:`genneg.components.Oracle`).
+        (see :class:`genneg.components.Oracle`). A factory that declares a ``dataset``
+        parameter is also given the run's dataset, after its ``load``.
     """
 
 

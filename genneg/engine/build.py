@@ -23,22 +23,33 @@ def make_process(spec):
         raise BuildError(f"process ({spec.kind}) options: {exc}") from None
 
 
-def _call_factory(registry, kind: str, spec, where: str):
-    factory = registry.get(kind, spec.name)
+def _wants(factory, name: str) -> bool:
     try:
-        inspect.signature(factory).bind(**spec.options)
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _call_factory(registry, kind: str, spec, where: str, **context):
+    """``factory(**options)``, plus each ``context`` keyword the factory declares."""
+    factory = registry.get(kind, spec.name)
+    extra = {k: v for k, v in context.items() if k not in spec.options and _wants(factory, k)}
+    try:
+        inspect.signature(factory).bind(**spec.options, **extra)
     except TypeError as exc:
         raise BuildError(f"{where}: {spec.name!r} does not accept these options: {exc}") from None
     except ValueError:  # no signature available (builtins): let the call itself complain
         pass
     try:
-        return factory(**spec.options)
+        return factory(**spec.options, **extra)
     except (TypeError, ValueError) as exc:
         raise BuildError(f"{where}: building {spec.name!r} failed: {exc}") from exc
 
 
-def make_oracle(registry, spec):
-    oracle = _call_factory(registry, "oracles", spec, "oracle")
+def make_oracle(registry, spec, dataset=None):
+    """Build the oracle; a factory with a ``dataset`` parameter receives the run's (loaded)
+    dataset, so an oracle can read what the dataset built (e.g. map polygons)."""
+    oracle = _call_factory(registry, "oracles", spec, "oracle", dataset=dataset)
     components.check_oracle(oracle)
     return oracle
 

@@ -70,7 +70,7 @@ class Experiment:
         root = str(Path(cfg.data_root).expanduser())
         self.splits = self.dataset.load(root, stage_generator(cfg.seed, "data", "split"))
         check_splits(self.splits)
-        self.oracle = build.make_oracle(registry, cfg.oracle)
+        self.oracle = build.make_oracle(registry, cfg.oracle, dataset=self.dataset)
         sampler_fn = registry.get("samplers", cfg.sampling.sampler)
         self.sampler = ModelSampler(
             sampler_fn,
