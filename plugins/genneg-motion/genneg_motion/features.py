@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from genneg_motion import skeleton as sk
@@ -158,7 +157,3 @@ def feature_stats(features: torch.Tensor, mask: torch.Tensor, eps: float = 1e-3)
     for group in sk.FEATURE_GROUPS:
         std[group] = std[group].mean()
     return mean.float(), std.clamp_min(eps).float()
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

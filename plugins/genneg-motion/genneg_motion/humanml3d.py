@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genneg.components import Dataset, Splits
+from genneg.components import Dataset, DataSplit, Splits
 from genneg_motion import skeleton as sk
 from genneg_motion.splits import pack
 from genneg_motion.synthetic import MotionPlotMixin
@@ -152,8 +152,6 @@ class HumanML3DDataset(MotionPlotMixin, Dataset):
         path = Path(root).expanduser() / "motion-humanml3d" / f"{self._key()}.pt"
         if path.exists():
             d = torch.load(path, weights_only=True)
-            from genneg.components import DataSplit
-
             return Splits(**{k: DataSplit(x=v["x"], cond=v["cond"]) for k, v in d.items()})
         splits = self.build()
         path.parent.mkdir(parents=True, exist_ok=True)

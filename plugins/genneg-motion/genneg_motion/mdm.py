@@ -248,11 +248,6 @@ class MDMClassifier(MDM):
         return self.classifier_head(h[1:]).squeeze(-1).permute(1, 0)
 
 
-def mdm_paper(**overrides) -> MDM:
-    """MDM's HumanML3D model: latent 512, 8 layers, 4 heads, ff 1024, GELU, dropout 0.1."""
-    return MDM(**overrides)
-
-
 def load_mdm_checkpoint(model: MDM, path: str) -> None:
     """Load an official MDM checkpoint (``torch.load(weights_only=True)``), e.g.
     ``model000475000.pt``; CLIP weights, if present, are skipped (they are not ours)."""
