@@ -63,6 +63,10 @@ class DataSplit:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def to(self, device) -> DataSplit:
+        """The split with ``x`` and every conditioning tensor on ``device``."""
+        return DataSplit(x=self.x.to(device), cond={k: v.to(device) for k, v in self.cond.items()})
+
     def index(self, idx: torch.Tensor) -> DataSplit:
         """Rows ``idx`` of ``x`` and of every conditioning tensor."""
         return DataSplit(x=self.x[idx], cond={k: v[idx] for k, v in self.cond.items()})

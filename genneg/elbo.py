@@ -33,13 +33,14 @@ import math
 
 import torch
 
+from genneg import rng
 from genneg.diffusion.loss import masked_sum, real_dims
 from genneg.diffusion.shapes import broadcast
 
 
 def _stratified(n: int, k: int, generator, device) -> torch.Tensor:
     """``[n, k]`` points in (0, 1), one uniform draw in each of ``k`` equal strata."""
-    u = torch.rand(n, k, generator=generator, device=device)
+    u = rng.rand((n, k), generator, device)
     return (torch.arange(k, device=device) + u) / k
 
 
@@ -52,7 +53,7 @@ def edm_elbo(denoiser, x0, cond, process, *, k: int = 32, generator=None) -> tor
     # prior: KL between N(x0, s_max^2) and N(0, s_max^2)
     prior_kl = masked_sum(x0**2, cond) / (2 * s_max**2)
     # decoder: log N(x0; D(x0 + s_min eps; s_min), s_min^2)
-    z = x0 + s_min * torch.randn(x0.shape, generator=generator, device=x0.device)
+    z = x0 + s_min * rng.randn(x0.shape, generator, x0.device)
     err = masked_sum((x0 - denoiser(z, torch.full_like(dims, s_min), **cond)) ** 2, cond)
     decoder = -0.5 * dims * math.log(2 * math.pi * s_min**2) - err / (2 * s_min**2)
     # diffusion: (ln s_max - ln s_min) * E_u[|x0 - D|^2 / sigma^2], u = ln sigma stratified
@@ -61,9 +62,7 @@ def edm_elbo(denoiser, x0, cond, process, *, k: int = 32, generator=None) -> tor
     diffusion = torch.zeros_like(dims)
     for j in range(k):
         sigma = torch.exp(u[:, j])
-        xt = x0 + broadcast(sigma, x0) * torch.randn(
-            x0.shape, generator=generator, device=x0.device
-        )
+        xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
         e = masked_sum((x0 - denoiser(xt, sigma, **cond)) ** 2, cond)
         diffusion = diffusion + e / sigma**2
     diffusion = (hi - lo) * diffusion / k
@@ -98,7 +97,7 @@ def ddpm_elbo(
     # of it and costs ~0.5 nats/dim on continuous data.
     var0 = float(process.betas[0])
     sigma0 = torch.full_like(dims, process.sigma_min)
-    z0 = x0 + process.sigma_min * torch.randn(x0.shape, generator=generator, device=x0.device)
+    z0 = x0 + process.sigma_min * rng.randn(x0.shape, generator, x0.device)
     err0 = masked_sum((x0 - denoiser(z0, sigma0, **cond)) ** 2, cond).double()
     decoder = -0.5 * dims.double() * math.log(2 * math.pi * var0) - err0 / (2 * var0)
     # KL terms for t = 1 .. T-1, stratified over t
@@ -108,7 +107,7 @@ def ddpm_elbo(
     for j in range(k):
         t = ts[:, j]
         sigma = process.t_to_sigma(t.cpu()).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        noise = rng.randn(x0.shape, generator, x0.device)
         x0_hat = denoiser(x0 + broadcast(sigma, x0) * noise, sigma, **cond)
         if reweighted:
             eps_hat = noise - (x0 - x0_hat) / broadcast(sigma, x0)

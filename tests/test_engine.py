@@ -224,3 +224,15 @@ def test_oracle_with_wrong_shape_is_named():
 
     with pytest.raises(ValueError, match="oracle 'bad': valid has shape"):
         label_batch(Bad(), "bad", DataSplit(x=torch.ones(3, 2)))
+
+
+def test_unavailable_device_is_a_clear_error(tmp_path, registry, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RunError, match="no CUDA device"):
+        run(
+            toy_config(device="cuda"), tmp_path / "r", registry=registry, progress=False, quiet=True
+        )
+    with pytest.raises(RunError, match="not a torch device"):
+        run(
+            toy_config(device="gpu0"), tmp_path / "s", registry=registry, progress=False, quiet=True
+        )

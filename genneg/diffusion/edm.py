@@ -12,6 +12,7 @@ import attrs
 import torch
 from torch import nn
 
+from genneg import rng
 from genneg.diffusion.shapes import broadcast, per_sample
 
 
@@ -68,7 +69,7 @@ class EDMProcess:
     # --- training ---
     def sample_training_sigma(self, n: int, generator=None, device=None) -> torch.Tensor:
         """Log-normal noise levels, ``ln sigma ~ N(P_mean, P_std^2)`` (EDM Sec. 5)."""
-        z = torch.randn(n, generator=generator, device=device)
+        z = rng.randn(n, generator, device)
         return torch.exp(self.config.p_mean + self.config.p_std * z)
 
     def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,7 @@ class EDMProcess:
         Our choice where the paper is silent: guidance is applied at every level the sampler
         visits, and Karras' schedule visits log-spaced levels, so every octave gets equal weight.
         """
-        u = torch.rand(n, generator=generator, device=device)
+        u = rng.rand(n, generator, device)
         lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
         return torch.exp(lo + (hi - lo) * u)
 
@@ -100,7 +101,7 @@ class EDMProcess:
 
     def sample_prior(self, shape, generator=None, device=None) -> torch.Tensor:
         """x_T ~ N(0, sigma_max^2 I)."""
-        return self.sigma_max * torch.randn(shape, generator=generator, device=device)
+        return self.sigma_max * rng.randn(shape, generator, device)
 
     def prior_std(self) -> float:
         return self.sigma_max

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from genneg import rng
 from genneg.diffusion.shapes import broadcast
 
 
@@ -36,7 +37,7 @@ class DenoisingLoss:
 
     def per_sample(self, denoiser, x0, cond, generator=None) -> torch.Tensor:
         sigma = self.process.sample_training_sigma(x0.shape[0], generator, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = rng.randn(x0.shape, generator, x0.device, x0.dtype)
         denoised = denoiser(x0 + broadcast(sigma, x0) * noise, sigma, **cond)
         err = broadcast(self.process.loss_weight(sigma), x0) * (denoised - x0) ** 2
         return masked_sum(err, cond) / real_dims(x0, cond)

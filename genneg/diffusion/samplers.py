@@ -13,13 +13,15 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from genneg import rng
+
 
 def _steps(sigmas, progress):
     return tqdm(range(len(sigmas) - 1), disable=not progress, desc="sampling", leave=False)
 
 
 def _noise(x, generator):
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return rng.randn(x.shape, generator, x.device, x.dtype)
 
 
 def _denoise(denoiser, x, sigma, cond):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from genneg import rng
 from genneg.diffusion.shapes import broadcast, per_sample
 
 SCHEDULES = ("linear", "cosine")
@@ -102,7 +103,7 @@ class VPProcess:
 
     # --- training ---
     def sample_training_t(self, n: int, generator=None, device=None) -> torch.Tensor:
-        return torch.randint(0, self.timesteps, (n,), generator=generator, device=device)
+        return rng.randint(self.timesteps, (n,), generator, device)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.sigmas64).to(t.device)[t.long()].float()
@@ -135,7 +136,7 @@ class VPProcess:
 
     def sample_prior(self, shape, generator=None, device=None) -> torch.Tensor:
         """x_vp ~ N(0, I) at t = T-1, i.e. x = sqrt(1 + sigma_max^2) * N(0, I)."""
-        return self.prior_std() * torch.randn(shape, generator=generator, device=device)
+        return self.prior_std() * rng.randn(shape, generator, device)
 
     def prior_std(self) -> float:
         return math.sqrt(1.0 + self.sigma_max**2)

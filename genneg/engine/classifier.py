@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from genneg import rng
 from genneg.classifier_loss import label_weights, weighted_bce
 from genneg.diffusion.shapes import broadcast
 from genneg.engine.synth import _cat
@@ -24,7 +23,7 @@ def train_classifier(
 ):
     """Fit ``classifier`` (a :class:`TimeClassifier`) on ``x_t = x0 + sigma eps`` of the
     synthetic set with the importance-weighted BCE of Eq. (13) (or an ablation)."""
-    data = training_set(synth, weighting)
+    data = training_set(synth, weighting).to(next(classifier.parameters()).device)
     if classifier.granularity == "element" and data.element_labels is None:
         raise ValueError("a per-element classifier needs an oracle that returns element_valid")
     pi1 = float(data.labels.float().mean())
@@ -32,12 +31,12 @@ def train_classifier(
 
     def loss_fn(step):
         n = len(data)
-        idx = torch.randint(0, n, (min(train.batch_size, n),), generator=generator)
+        idx = rng.randint(n, (min(train.batch_size, n),), generator)
         batch = data.index(idx)
         x0, cond = batch.data.x, batch.data.cond
         weights = label_weights(batch.labels, alpha, weighting, pi1)
         sigma = process.sample_classifier_sigma(x0.shape[0], generator, x0.device)
-        xt = x0 + broadcast(sigma, x0) * torch.randn(x0.shape, generator=generator)
+        xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
         logits = classifier(xt, sigma, **cond)
         return weighted_bce(
             logits,

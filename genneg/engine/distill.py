@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from genneg import rng
 from genneg.diffusion.loss import masked_sum, real_dims
 from genneg.diffusion.shapes import broadcast
 from genneg.engine.train import fit, minibatch
@@ -27,7 +26,7 @@ def score_matching_distill(
         batch = minibatch(data, train.batch_size, generator)
         x0, cond = batch.x, batch.cond
         sigma = process.sample_training_sigma(x0.shape[0], generator, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        noise = rng.randn(x0.shape, generator, x0.device)
         xt = x0 + broadcast(sigma, x0) * noise
         target = teacher(xt, sigma, **cond).detach()
         err = broadcast(process.loss_weight(sigma), x0) * (student(xt, sigma, **cond) - target) ** 2

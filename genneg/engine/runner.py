@@ -43,6 +43,20 @@ def stage_generator(seed: int, stage: str, purpose: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
+def resolve_device(name: str) -> torch.device:
+    """The run's device; a CUDA device on a machine without one is a clear error."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise RunError(f"device {name!r} is not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(
+            f"device {name!r} asked for, but torch sees no CUDA device here; "
+            'pass --set device="cpu"'
+        )
+    return device
+
+
 def check_splits(splits: Splits) -> None:
     """Reject data that would silently poison training: NaN/inf, empty splits."""
     for name in ("train", "val", "test"):
@@ -65,11 +79,18 @@ class Experiment:
         self.registry = registry
         self.rd = rundir
         self.progress = progress
+        self.device = resolve_device(cfg.device)
         self.process = build.make_process(cfg.process)
         self.dataset = build.make_dataset(registry, cfg.dataset)
         root = str(Path(cfg.data_root).expanduser())
         self.splits = self.dataset.load(root, stage_generator(cfg.seed, "data", "split"))
         check_splits(self.splits)
+        splits = self.splits
+        self.splits = Splits(
+            train=splits.train.to(self.device),
+            val=splits.val.to(self.device),
+            test=splits.test.to(self.device),
+        )
         self.oracle = build.make_oracle(registry, cfg.oracle, dataset=self.dataset)
         sampler_fn = registry.get("samplers", cfg.sampling.sampler)
         self.sampler = ModelSampler(
@@ -89,11 +110,15 @@ class Experiment:
             self.splits.train,
             cfg.sampling.batch_size,
         )
-        self.base = build.make_denoiser(registry, cfg.denoiser, self.process)
+        self.base = self.new_denoiser()
         self.config_toml = config_mod.dumps_toml(cfg)
 
+    def new_denoiser(self):
+        return build.make_denoiser(self.registry, self.cfg.denoiser, self.process).to(self.device)
+
     def new_classifier(self):
-        return build.make_classifier(self.registry, self.cfg.classifier.network, self.process)
+        net = build.make_classifier(self.registry, self.cfg.classifier.network, self.process)
+        return net.to(self.device)
 
     def guided(self, classifiers):
         return GuidedDenoiser(self.base, classifiers, self.cfg.classifier.guidance_scale)
@@ -165,7 +190,7 @@ class Experiment:
     def data_ceiling(self) -> float | None:
         split = getattr(self.splits, self.cfg.eval.elbo_split)
         n = min(self.cfg.eval.elbo_points, len(split))
-        part = split.index(torch.arange(n))
+        part = split.index(torch.arange(n)).to("cpu")
         logp = self.dataset.log_density(part.x)
         if logp is None:
             return None
@@ -324,7 +349,7 @@ def run(
 
     # Distillation of the stacked model into one denoiser (Eq. 14).
     if cfg.distill.enabled and classifiers:
-        student = build.make_denoiser(registry, cfg.denoiser, exp.process)
+        student = exp.new_denoiser()
         if "distill" in done:
             _load_modules(rd.ckpt_path("distill"), {"denoiser": student})
             log("distill: loaded from checkpoint")

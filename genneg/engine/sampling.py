@@ -7,6 +7,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from genneg import rng
 from genneg.components import DataSplit
 
 
@@ -27,7 +28,7 @@ class CountingDenoiser(torch.nn.Module):
 
 def resample_conditions(train: DataSplit, n: int, generator) -> tuple[dict, tuple]:
     """Conditions of ``n`` random training rows (with replacement) and the sample shape."""
-    idx = torch.randint(0, len(train), (n,), generator=generator)
+    idx = rng.randint(len(train), (n,), generator)
     return {k: v[idx] for k, v in train.cond.items()}, tuple(train.x.shape[1:])
 
 
@@ -52,7 +53,7 @@ class ModelSampler:
         for start in tqdm(starts, desc="sampling", disable=not progress, leave=False):
             b = min(self.batch_size, n - start)
             cond, shape = resample_conditions(self.train, b, generator)
-            x = self.process.sample_prior((b, *shape), generator)
+            x = self.process.sample_prior((b, *shape), generator, device=self.train.x.device)
             t0 = time.perf_counter()
             x = self.sampler_fn(
                 denoiser, x, self.sigmas, cond=cond, generator=generator, **self.options

@@ -24,6 +24,12 @@ class LabelledSet:
     def __len__(self):
         return len(self.labels)
 
+    def to(self, device):
+        el = None if self.element_labels is None else self.element_labels.to(device)
+        return LabelledSet(
+            data=self.data.to(device), labels=self.labels.to(device), element_labels=el
+        )
+
     def index(self, idx):
         el = None if self.element_labels is None else self.element_labels[idx]
         return LabelledSet(data=self.data.index(idx), labels=self.labels[idx], element_labels=el)
@@ -31,7 +37,9 @@ class LabelledSet:
 
 def label_batch(oracle, name: str, batch: DataSplit):
     """Label a batch; non-finite samples are never shown to the oracle: they are returned as
-    invalid in a separate mask. Returns ``(finite_mask, result_for_finite_rows)``."""
+    invalid in a separate mask. Oracles are CPU programs: the batch is moved to the CPU first.
+    Returns ``(finite_mask, finite_rows, result_for_finite_rows)``."""
+    batch = batch.to("cpu")
     finite = torch.isfinite(batch.x.reshape(len(batch), -1)).all(dim=1)
     part = batch.index(finite.nonzero().squeeze(1)) if not finite.all() else batch
     result = oracle.label(part.x, part.cond) if len(part) else None

@@ -7,6 +7,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from genneg import rng
+
 
 def minibatch(split, batch_size: int, generator):
     """A random minibatch of a :class:`DataSplit`; the whole split when it is smaller
@@ -14,7 +16,7 @@ def minibatch(split, batch_size: int, generator):
     n = len(split)
     if batch_size >= n:
         return split
-    return split.index(torch.randint(0, n, (batch_size,), generator=generator))
+    return split.index(rng.randint(n, (batch_size,), generator))
 
 
 def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None):
