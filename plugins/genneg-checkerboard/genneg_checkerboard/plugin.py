@@ -84,8 +84,10 @@ def demo_preset() -> RunConfig:
             network=ComponentSpec(name="residual-mlp", options=net),
             train=TrainConfig(steps=1500, batch_size=1024, lr=3e-3, log_every=500),
         ),
+        # 3000 steps at lr 1e-3 (measured: infraction 1.80 %, ELBO -0.737 after distilling the
+        # 3-classifier stack, against 2.33 % and -0.825 with 1500 steps at 3e-4).
         distill=DistillConfig(
-            train=TrainConfig(steps=1500, batch_size=1000, lr=3e-4, log_every=500)
+            train=TrainConfig(steps=3000, batch_size=1000, lr=1e-3, log_every=500)
         ),
         eval=EvalConfig(n_samples=20_000, elbo_k=16, elbo_points=1000),
     )
