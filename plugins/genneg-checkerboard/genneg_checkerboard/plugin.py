@@ -54,7 +54,7 @@ def paper_preset() -> RunConfig:
         baseline=TrainConfig(steps=30_000, batch_size=1000, lr=3e-4, log_every=1000),
         sampling=SamplingConfig(sampler="edm-heun", steps=50, batch_size=10_000),
         iterations=5,
-        synth=SynthConfig(n_per_class=50_000, max_samples=5_000_000, steps=50),
+        synth=SynthConfig(n_per_class=50_000, max_samples=5_000_000, steps=100),
         classifier=ClassifierConfig(
             network=ComponentSpec(name="residual-mlp", options=net),
             train=TrainConfig(steps=20_000, batch_size=8192, lr=3e-3, log_every=1000),
