@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from genneg import commands as _commands
 from genneg import config as config_mod
 from genneg.plugins import PluginError, UnknownComponentError, get_registry
 
@@ -122,6 +123,9 @@ def presets_cmd():
         entry = registry.entries["presets"][name]
         doc = (entry.obj.__doc__ or "").strip().splitlines()
         click.echo(f"{name:32s} [{entry.plugin}] {doc[0] if doc else ''}")
+
+
+_commands.register(cli)  # genneg bench, genneg sample (genneg/commands/)
 
 
 def _add_plugin_commands() -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from genneg.bench.run import main
+
+sys.exit(main())

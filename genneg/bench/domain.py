@@ -1,0 +1,278 @@
+"""Component benchmarks of one preset: oracle, samplers (baseline, stacked, distilled),
+training steps, memory and FLOPs, all built from the preset's config."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import attrs
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from genneg import rng
+from genneg.bench.timing import peak_memory, sync, timed
+from genneg.classifier_loss import label_weights, weighted_bce
+from genneg.components import DataSplit
+from genneg.diffusion.loss import DenoisingLoss
+from genneg.engine import build
+from genneg.engine.sampling import CountingDenoiser, resample_conditions
+from genneg.guidance import GuidedDenoiser
+
+
+@attrs.frozen(kw_only=True)
+class DomainSizes:
+    """How much work each measurement does (small: the whole suite fits in minutes)."""
+
+    oracle_batch: int = 512
+    naive_batch: int = 64
+    sample_batch: int = 64
+    sample_steps: int = 8
+    stacks: tuple[int, ...] = (1, 2, 4)
+    train_batch: int = 64
+    train_steps: int = 5
+    repeat: int = 3
+
+
+class Domain:
+    """The components of one preset, built once and shared by the measurements."""
+
+    def __init__(self, preset: str, cfg, registry, device="cpu", seed: int = 0):
+        from genneg.engine.runner import stage_generator
+
+        self.preset, self.cfg, self.registry = preset, cfg, registry
+        self.device = torch.device(device)
+        self.gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.process = build.make_process(cfg.process)
+        t0 = time.perf_counter()
+        self.dataset = build.make_dataset(registry, cfg.dataset)
+        root = str(Path(cfg.data_root).expanduser())
+        self.splits = self.dataset.load(root, stage_generator(cfg.seed, "data", "split"))
+        self.load_seconds = time.perf_counter() - t0
+        self.oracle = build.make_oracle(registry, cfg.oracle, dataset=self.dataset)
+        self.sampler_fn = registry.get("samplers", cfg.sampling.sampler)
+        self.train = self.splits.train
+
+    def denoiser(self):
+        net = build.make_denoiser(self.registry, self.cfg.denoiser, self.process)
+        return net.to(self.device).eval().requires_grad_(False)
+
+    def classifier(self):
+        clf = build.make_classifier(self.registry, self.cfg.classifier.network, self.process)
+        return clf.to(self.device).eval().requires_grad_(False)
+
+    def batch(self, n: int) -> DataSplit:
+        idx = rng.randint(len(self.train), (n,), self.gen)
+        return self.train.index(idx)
+
+    def elements(self, split: DataSplit) -> float:
+        """Mean number of real elements per sample (agents, frames), or 1."""
+        mask = split.cond.get("mask")
+        return float(mask.sum(1).float().mean()) if mask is not None else 1.0
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def bench_oracle(dom: Domain, report, sizes: DomainSizes) -> dict:
+    """Vectorised labelling of a batch of training rows against a per-sample Python loop."""
+    batch = dom.batch(sizes.oracle_batch)
+    naive = batch.index(torch.arange(min(sizes.naive_batch, len(batch))))
+    oracle = dom.oracle
+    t_vec = timed(lambda: oracle.label(batch.x, batch.cond), repeat=sizes.repeat)
+
+    def loop():
+        for i in range(len(naive)):
+            row = naive.index(torch.tensor([i]))
+            oracle.label(row.x, row.cond)
+
+    t_naive = timed(loop, repeat=1, warmup=0)
+    per_elem = dom.elements(batch)
+    vec_rate = len(batch) / t_vec
+    naive_rate = len(naive) / t_naive
+    valid = float(oracle.label(batch.x, batch.cond).valid.float().mean())
+    return report.add(
+        "oracle",
+        preset=dom.preset,
+        oracle=dom.cfg.oracle.name,
+        batch=len(batch),
+        samples_per_s=vec_rate,
+        elements_per_sample=per_elem,
+        elements_per_s=vec_rate * per_elem,
+        naive_samples_per_s=naive_rate,
+        vectorised_speedup=vec_rate / naive_rate,
+        seconds_per_sample=t_vec / len(batch),
+        data_valid_fraction=valid,
+    )
+
+
+def _flops_per_sample(model, x, sigma, cond) -> float:
+    with FlopCounterMode(display=False) as counter:
+        model(x, sigma, **cond)
+    return counter.get_total_flops() / x.shape[0]
+
+
+def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) -> list[dict]:
+    """Sampler throughput of the baseline, 1/2/4 stacked (untrained) classifiers and a
+    distilled-size student; the cost of each as a ratio to the baseline."""
+    base = dom.denoiser()
+    classifiers = [dom.classifier() for _ in range(max(sizes.stacks, default=0))]
+    scale = dom.cfg.classifier.guidance_scale or 1.0
+    models = {"baseline": base}
+    for k in sizes.stacks:
+        models[f"stack{k}"] = GuidedDenoiser(base, classifiers[:k], scale)
+    models["distilled"] = dom.denoiser()  # the student has the baseline's architecture
+
+    sigmas = dom.process.sampling_sigmas(sizes.sample_steps)
+    n = sizes.sample_batch
+    cond, shape = resample_conditions(dom.train, n, dom.gen)
+    cond = {k: v.to(dom.device) for k, v in cond.items()}
+    x0 = dom.process.sample_prior((n, *shape), dom.gen).to(dom.device)
+    sigma_mid = torch.full((n,), float(sigmas[len(sigmas) // 2]), device=dom.device)
+
+    rows = []
+    for name, model in models.items():
+        counting = CountingDenoiser(model)
+
+        def draw(counting=counting):
+            return dom.sampler_fn(
+                counting,
+                x0.clone(),
+                sigmas,
+                cond=cond,
+                generator=torch.Generator().manual_seed(1),
+                **dom.cfg.sampling.options,
+            )
+
+        draw()  # warm-up, and the number of network calls per draw
+        calls = counting.calls
+        with peak_memory(dom.device) as mem:
+            seconds = timed(draw, repeat=sizes.repeat, warmup=0, device=dom.device)
+        flops = _flops_per_sample(model, x0, sigma_mid, cond)
+        evals_per_s = n * calls / seconds
+        rows.append(
+            {
+                "preset": dom.preset,
+                "model": name,
+                "classifiers": len(getattr(model, "classifiers", ())),
+                "params": _params(model),
+                "batch": n,
+                "steps": sizes.sample_steps,
+                "nfe_per_sample": calls,
+                "seconds": seconds,
+                "sample_steps_per_s": n * sizes.sample_steps / seconds,
+                "sample_evals_per_s": evals_per_s,
+                "seconds_per_sample": seconds / n,
+                "flops_per_eval": flops,
+                "flops_per_sample": flops * calls,
+                "achieved_flops": flops * evals_per_s,
+                "fraction_of_peak": flops * evals_per_s / peak_flops if peak_flops else None,
+                **mem,
+            }
+        )
+    t_base = rows[0]["seconds"]
+    for row in rows:
+        row["cost_vs_baseline"] = row["seconds"] / t_base
+        row["throughput_vs_baseline"] = t_base / row["seconds"]
+        report.add("sampler", **row)
+    return rows
+
+
+def bench_training(dom: Domain, report, sizes: DomainSizes) -> list[dict]:
+    """Seconds per Adam step of the denoiser (Eq. 5) and of a classifier (Eq. 13) on
+    random labels."""
+    n = min(sizes.train_batch, len(dom.train))
+    batch = dom.batch(n).to(dom.device)
+    out = []
+
+    den = dom.denoiser().train().requires_grad_(True)
+    loss = DenoisingLoss(dom.process)
+    opt = torch.optim.Adam(den.parameters(), lr=1e-4)
+
+    def den_step():
+        value = loss(den, batch.x, batch.cond, dom.gen)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+
+    with peak_memory(dom.device) as mem:
+        seconds = timed(den_step, repeat=sizes.train_steps, device=dom.device)
+    out.append(
+        report.add(
+            "train",
+            preset=dom.preset,
+            model="denoiser",
+            batch=n,
+            params=_params(den),
+            seconds_per_step=seconds,
+            **mem,
+        )
+    )
+
+    clf = dom.classifier().train().requires_grad_(True)
+    copt = torch.optim.Adam(clf.parameters(), lr=1e-4)
+    mask = batch.cond.get("mask")
+    if clf.granularity == "element":
+        el = torch.rand(batch.x.shape[:2], generator=dom.gen) < 0.8
+        el = (el | ~mask.cpu() if mask is not None else el).to(dom.device)
+        labels = el.all(dim=1)
+    else:
+        el = None
+        labels = (torch.rand(n, generator=dom.gen) < 0.5).to(dom.device)
+    pi1 = min(max(float(labels.float().mean()), 0.01), 0.99)
+    weights = label_weights(labels, 0.5, dom.cfg.classifier.weighting, pi1)
+
+    def clf_step():
+        sigma = dom.process.sample_classifier_sigma(n, dom.gen, dom.device)
+        xt = batch.x + sigma.reshape(-1, *([1] * (batch.x.ndim - 1))) * torch.randn_like(batch.x)
+        logits = clf(xt, sigma, **batch.cond)
+        value = weighted_bce(logits, labels, weights, element_labels=el, mask=mask)
+        copt.zero_grad(set_to_none=True)
+        value.backward()
+        copt.step()
+
+    with peak_memory(dom.device) as mem:
+        seconds = timed(clf_step, repeat=sizes.train_steps, device=dom.device)
+    out.append(
+        report.add(
+            "train",
+            preset=dom.preset,
+            model="classifier",
+            batch=n,
+            params=_params(clf),
+            seconds_per_step=seconds,
+            **mem,
+        )
+    )
+    sync(dom.device)
+    return out
+
+
+def bench_domain(
+    preset: str, cfg, registry, report, *, sizes=None, device="cpu", peak_flops=None
+) -> None:
+    """All component measurements of one preset; a failing measurement is recorded as an
+    error and the others still run."""
+    sizes = sizes or DomainSizes()
+    with peak_memory(device) as mem:
+        dom = Domain(preset, cfg, registry, device=device)
+    report.add(
+        "data",
+        preset=preset,
+        dataset=cfg.dataset.name,
+        seconds=dom.load_seconds,
+        train_rows=len(dom.train),
+        sample_shape=list(dom.train.x.shape[1:]),
+        **mem,
+    )
+    for name, fn in (
+        ("oracle", lambda: bench_oracle(dom, report, sizes)),
+        ("sampler", lambda: bench_sampler(dom, report, sizes, peak_flops)),
+        ("train", lambda: bench_training(dom, report, sizes)),
+    ):
+        try:
+            fn()
+        except Exception as exc:  # one broken measurement must not end the suite
+            report.error(f"{preset}/{name}", exc)

@@ -1,0 +1,122 @@
+"""The benchmark suite: every installed small preset family, plugin cases, quality and the
+comparison with rejection sampling, in one process."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from genneg.bench import domain, quality
+from genneg.bench.report import Report
+from genneg.bench.timing import matmul_flops
+
+
+def preset_families(registry, only=None) -> dict[str, str]:
+    """One small preset per plugin (plugin -> preset): the preset named after the plugin, else
+    its shortest name; paper-size presets (named ``*paper*`` or not on the CPU) are skipped."""
+    by_plugin: dict[str, list[str]] = {}
+    for name, entry in registry.entries["presets"].items():
+        by_plugin.setdefault(entry.plugin, []).append(name)
+    out = {}
+    for plugin, names in sorted(by_plugin.items()):
+        small = []
+        for name in names:
+            if only is not None and name not in only:
+                continue
+            if only is None and "paper" in name:
+                continue
+            try:
+                cfg = registry.get("presets", name)()
+            except Exception:
+                continue
+            if only is None and cfg.device != "cpu":
+                continue
+            small.append(name)
+        if small:
+            out[plugin] = plugin if plugin in small else min(small, key=lambda n: (len(n), n))
+    return out
+
+
+def run_suite(
+    *,
+    registry=None,
+    presets=None,
+    quality_presets=None,
+    run_dirs=(),
+    sizes: domain.DomainSizes | None = None,
+    reduce: dict | None = None,
+    device: str = "cpu",
+    threads: int | None = 1,
+    log=print,
+) -> Report:
+    """Run every benchmark; returns the :class:`Report`.
+
+    :param presets: preset names to benchmark (default: one small preset per plugin).
+    :param quality_presets: presets whose quality is measured by a reduced engine run
+        (default: all benchmarked ones without a run directory); ``()`` for none.
+    :param run_dirs: finished run directories whose results give the quality (and the
+        infraction rates of the rejection comparison) of their domain instead.
+    """
+    from genneg.plugins import get_registry
+
+    registry = registry or get_registry()
+    if threads:
+        torch.set_num_threads(threads)
+    report = Report()
+    report.meta["device"] = device
+    t_start = time.perf_counter()
+    peak = matmul_flops(device)
+    report.meta["matmul_flops"] = peak
+    log(f"matmul: {peak / 1e9:.1f} GFLOP/s on {device} ({torch.get_num_threads()} threads)")
+
+    families = preset_families(registry, only=presets)
+    report.meta["presets"] = families
+    for plugin, preset in families.items():
+        report.plugin = plugin
+        t0 = time.perf_counter()
+        cfg = registry.get("presets", preset)()
+        try:
+            domain.bench_domain(
+                preset, cfg, registry, report, sizes=sizes, device=device, peak_flops=peak
+            )
+        except Exception as exc:
+            report.error(f"{preset}/components", exc)
+        log(f"{preset}: components in {time.perf_counter() - t0:.1f} s")
+
+    for name, entry in sorted(registry.entries["benchmarks"].items()):
+        report.plugin = entry.plugin
+        t0 = time.perf_counter()
+        try:
+            entry.obj(report)
+        except Exception as exc:
+            report.error(name, exc)
+        report.add("plugin-case", name=name, seconds=time.perf_counter() - t0)
+        log(f"benchmark case {name} [{entry.plugin}] in {time.perf_counter() - t0:.1f} s")
+
+    # Quality and rejection: from run directories where given, else reduced runs.
+    given = {}
+    for run_dir in run_dirs:
+        info = quality.read_run(run_dir)
+        plugin = registry.entries["oracles"][info["config"].oracle.name].plugin
+        given[plugin] = run_dir
+    for plugin, preset in families.items():
+        report.plugin = plugin
+        if plugin not in given and quality_presets is not None and preset not in quality_presets:
+            continue
+        t0 = time.perf_counter()
+        try:
+            info = quality.quality(
+                preset,
+                report,
+                registry=registry,
+                run_dir=given.get(plugin),
+                cfg=registry.get("presets", preset)(),
+                **(reduce or {}),
+            )
+            quality.versus_rejection(preset, report, info["rows"])
+        except Exception as exc:
+            report.error(f"{preset}/quality", exc)
+        log(f"{preset}: quality in {time.perf_counter() - t0:.1f} s")
+    report.meta["seconds"] = time.perf_counter() - t_start
+    return report

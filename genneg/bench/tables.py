@@ -1,0 +1,179 @@
+"""Markdown tables of a benchmark :class:`~genneg.bench.report.Report`."""
+
+from __future__ import annotations
+
+import math
+
+
+def _num(v, fmt=".3g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
+    if isinstance(v, (int, float)):
+        return format(v, fmt)
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(report) -> str:
+    m = report.meta
+    out = [
+        f"Measured {m.get('date')} on {m.get('cpu')} ({m.get('cpu_count')} cores, torch "
+        f"{m.get('torch')}, {m.get('torch_threads')} thread(s), device {m.get('device', 'cpu')})"
+        f"; matmul {_num(m.get('matmul_flops', 0) / 1e9)} GFLOP/s; total "
+        f"{_num(m.get('seconds'), '.0f')} s.",
+        "",
+    ]
+    oracle = report.find("oracle")
+    if oracle:
+        out += ["**Oracle** (batch of training rows; naive: one sample per call)", ""]
+        out.append(
+            _table(
+                ["preset", "samples/s", "elements/s", "naive samples/s", "vectorised ×"],
+                [
+                    [
+                        r["preset"],
+                        _num(r["samples_per_s"]),
+                        _num(r["elements_per_s"]) if r["elements_per_sample"] != 1 else "-",
+                        _num(r["naive_samples_per_s"]),
+                        _num(r["vectorised_speedup"]),
+                    ]
+                    for r in oracle
+                ],
+            )
+        )
+        out.append("")
+    sampler = report.find("sampler")
+    if sampler:
+        out += ["**Sampler** (untrained classifiers; cost as a multiple of the baseline's)", ""]
+        out.append(
+            _table(
+                [
+                    "preset",
+                    "model",
+                    "NFE",
+                    "sample·steps/s",
+                    "cost ×",
+                    "MFLOP/eval",
+                    "% of matmul peak",
+                    "peak RSS MiB",
+                ],
+                [
+                    [
+                        r["preset"],
+                        r["model"],
+                        r["nfe_per_sample"],
+                        _num(r["sample_steps_per_s"]),
+                        _num(r["cost_vs_baseline"], ".2f"),
+                        _num(r["flops_per_eval"] / 1e6),
+                        _num(100 * r["fraction_of_peak"] if r["fraction_of_peak"] else None, ".2g"),
+                        _num(r.get("peak_cuda_mib", r["peak_rss_mib"]), ".0f"),
+                    ]
+                    for r in sampler
+                ],
+            )
+        )
+        out.append("")
+    train = report.find("train")
+    if train:
+        out += ["**Training step**", ""]
+        out.append(
+            _table(
+                ["preset", "model", "params", "batch", "ms/step", "peak RSS MiB"],
+                [
+                    [
+                        r["preset"],
+                        r["model"],
+                        r["params"],
+                        r["batch"],
+                        _num(1e3 * r["seconds_per_step"]),
+                        _num(r.get("peak_cuda_mib", r["peak_rss_mib"]), ".0f"),
+                    ]
+                    for r in train
+                ],
+            )
+        )
+        out.append("")
+    qual = report.find("quality")
+    if qual:
+        out += ["**Quality** (fixed small budget)", ""]
+        out.append(
+            _table(
+                ["preset", "source", "stage", "infraction %", "ELBO (nats/dim)"],
+                [
+                    [
+                        r["preset"],
+                        r["source"],
+                        r["stage"],
+                        f"{r['infraction']:.2f} ± {r['infraction_se']:.2f}",
+                        f"{r['elbo']:.3f} ± {r['elbo_se']:.3f} ({r['elbo_kind']})",
+                    ]
+                    for r in qual
+                ],
+            )
+        )
+        out.append("")
+    rej = report.find("rejection")
+    if rej:
+        deltas = list(rej[0]["parallel"])
+        out += [
+            "**Against rejection sampling** (per oracle-valid sample; N: parallel draws "
+            "for one valid with probability 1 − δ, ⌈log δ / log ε⌉)",
+            "",
+        ]
+        out.append(
+            _table(
+                ["preset", "model", "ε", "draws/valid", "NFE/valid", "ms/valid", "MFLOP/valid"]
+                + [f"N (δ={d})" for d in deltas],
+                [
+                    [
+                        r["preset"],
+                        r["stage"],
+                        _num(r["epsilon"], ".4f"),
+                        _num(r["draws_per_valid"]),
+                        _num(r.get("nfe_per_valid")),
+                        _num(1e3 * r["seconds_per_valid"] if "seconds_per_valid" in r else None),
+                        _num(r["flops_per_valid"] / 1e6 if r.get("flops_per_valid") else None),
+                    ]
+                    + [_num(r["parallel"][d]) for d in deltas]
+                    for r in rej
+                ],
+            )
+        )
+        out.append("")
+    other = [
+        r
+        for r in report.records
+        if r["case"]
+        not in {"oracle", "sampler", "train", "quality", "rejection", "data", "quality-run"}
+    ]
+    if other:
+        out += ["**Other cases** (plugins' `register_benchmarks`)", ""]
+        out.append(
+            _table(
+                ["plugin", "case", "values"],
+                [
+                    [
+                        r["plugin"],
+                        r["case"],
+                        ", ".join(
+                            f"{k}={_num(v) if isinstance(v, float) else v}"
+                            for k, v in r.items()
+                            if k not in ("plugin", "case")
+                        ),
+                    ]
+                    for r in other
+                ],
+            )
+        )
+        out.append("")
+    if report.errors:
+        out += ["**Errors**", ""]
+        out += [f"- {e['plugin']} {e['case']}: {e['error']}" for e in report.errors]
+    return "\n".join(out)

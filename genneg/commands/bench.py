@@ -1,0 +1,68 @@
+"""``genneg bench``: the benchmark suite of every installed plugin (``tox -e bench``)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("bench")
+@click.option(
+    "--preset",
+    "presets",
+    multiple=True,
+    help="Benchmark these presets (default: one small preset per plugin).",
+)
+@click.option(
+    "--run-dir",
+    "run_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A finished run whose results give its domain's quality "
+    "and infraction rates (repeatable; one per domain).",
+)
+@click.option(
+    "--quality",
+    "quality_presets",
+    multiple=True,
+    help="Presets whose quality is measured by a reduced run (default: every "
+    "benchmarked one without --run-dir); --quality none for none.",
+)
+@click.option(
+    "--fraction",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Scale of the reduced quality runs' training and synthetic sets.",
+)
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--threads", type=int, default=1, show_default=True, help="torch threads (0: torch's default)."
+)
+@click.option(
+    "--out",
+    default="bench-results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Writes bench.json and bench.md here.",
+)
+def bench_cmd(presets, run_dirs, quality_presets, fraction, device, threads, out):
+    """Benchmark oracles, samplers, training and quality of every installed plugin, and
+    Gen-neG against rejection sampling."""
+    from genneg.bench.suite import run_suite
+    from genneg.bench.tables import markdown
+
+    quality = None
+    if quality_presets:
+        quality = () if quality_presets == ("none",) else tuple(quality_presets)
+    report = run_suite(
+        presets=list(presets) or None,
+        quality_presets=quality,
+        run_dirs=run_dirs,
+        reduce={"fraction": fraction},
+        device=device,
+        threads=threads or None,
+        log=lambda m: click.echo(m, err=True),
+    )
+    js, md = report.write(out)
+    click.echo(markdown(report))
+    click.echo(f"\nwrote {js} and {md}")
