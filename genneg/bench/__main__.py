@@ -1,5 +1,5 @@
-import sys
+"""``python -m genneg.bench``: the same as ``genneg bench``."""
 
-from genneg.bench.run import main
+from genneg.commands.bench import bench_cmd
 
-sys.exit(main())
+bench_cmd.main(prog_name="python -m genneg.bench")
