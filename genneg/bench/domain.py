@@ -109,6 +109,16 @@ def bench_oracle(dom: Domain, report, sizes: DomainSizes) -> dict:
 
 
 def _flops_per_sample(model, x, sigma, cond) -> float:
+    """FLOPs of one evaluation per sample. A guided model's gradient is counted through
+    ``backward()``: FlopCounterMode's module tracking does not support ``autograd.grad``."""
+    if isinstance(model, GuidedDenoiser):
+        base = _flops_per_sample(model.base, x, sigma, cond)
+        if not len(model.classifiers):
+            return base
+        with FlopCounterMode(display=False) as counter, torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            model.log_prob(xg, sigma, **cond).sum().backward()
+        return base + counter.get_total_flops() / x.shape[0]
     with FlopCounterMode(display=False) as counter:
         model(x, sigma, **cond)
     return counter.get_total_flops() / x.shape[0]

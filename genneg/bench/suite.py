@@ -91,15 +91,16 @@ def run_suite(
             entry.obj(report)
         except Exception as exc:
             report.error(name, exc)
-        report.add("plugin-case", name=name, seconds=time.perf_counter() - t0)
+        report.add("plugin-case", benchmark=name, seconds=time.perf_counter() - t0)
         log(f"benchmark case {name} [{entry.plugin}] in {time.perf_counter() - t0:.1f} s")
 
     # Quality and rejection: from run directories where given, else reduced runs.
-    given = {}
+    given = {}  # plugin -> run directory of the family whose preset has the run's oracle
     for run_dir in run_dirs:
-        info = quality.read_run(run_dir)
-        plugin = registry.entries["oracles"][info["config"].oracle.name].plugin
-        given[plugin] = run_dir
+        oracle = quality.read_run(run_dir)["config"].oracle.name
+        for plugin, preset in families.items():
+            if registry.get("presets", preset)().oracle.name == oracle:
+                given[plugin] = run_dir
     for plugin, preset in families.items():
         report.plugin = plugin
         if plugin not in given and quality_presets is not None and preset not in quality_presets:
