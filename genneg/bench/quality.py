@@ -39,7 +39,14 @@ def reduce_config(cfg, fraction: float = 0.25, iterations: int = 2):
             synth, n_per_class=n, max_samples=max(4 * n, round(synth.max_samples * fraction))
         ),
         classifier=attrs.evolve(cfg.classifier, train=steps(cfg.classifier.train)),
-        distill=attrs.evolve(cfg.distill, enabled=True, train=steps(cfg.distill.train)),
+        distill=attrs.evolve(
+            cfg.distill,
+            enabled=True,  # the distilled model is one of the compared ones
+            train=attrs.evolve(
+                steps(cfg.distill.train),
+                batch_size=min(cfg.distill.train.batch_size, cfg.baseline.batch_size),
+            ),
+        ),
         eval=attrs.evolve(
             cfg.eval,
             n_samples=min(cfg.eval.n_samples, 4000),
@@ -67,7 +74,10 @@ def read_run(run_dir) -> dict:
     if not results.exists():
         raise FileNotFoundError(f"{path} has no results.json (is the run finished?)")
     cfg = config_mod.from_dict(config_mod.load_toml(path / "config.toml"))
-    return {"config": cfg, "rows": json.loads(results.read_text())["rows"], "run_dir": str(path)}
+    state = path / "state.json"
+    stopped = json.loads(state.read_text()).get("stopped") if state.exists() else None
+    rows = json.loads(results.read_text())["rows"]
+    return {"config": cfg, "rows": rows, "run_dir": str(path), "stopped": stopped}
 
 
 def quality(preset: str, report, *, registry=None, run_dir=None, cfg=None, **reduce) -> dict:
@@ -97,7 +107,14 @@ def quality(preset: str, report, *, registry=None, run_dir=None, cfg=None, **red
             nfe_per_sample=row.get("nfe_per_sample"),
             seconds_per_sample=row.get("seconds_per_sample"),
         )
-    report.add("quality-run", preset=preset, source=source, seconds=seconds, run_dir=str(run_dir))
+    report.add(
+        "quality-run",
+        preset=preset,
+        source=source,
+        seconds=seconds,
+        run_dir=str(run_dir),
+        stopped=info["stopped"],
+    )
     return info
 
 

@@ -98,9 +98,15 @@ def run_suite(
     given = {}  # plugin -> run directory of the family whose preset has the run's oracle
     for run_dir in run_dirs:
         oracle = quality.read_run(run_dir)["config"].oracle.name
-        for plugin, preset in families.items():
-            if registry.get("presets", preset)().oracle.name == oracle:
-                given[plugin] = run_dir
+        matched = [
+            p
+            for p, preset in families.items()
+            if registry.get("presets", preset)().oracle.name == oracle
+        ]
+        for plugin in matched:
+            given[plugin] = run_dir
+        if not matched:
+            report.error(str(run_dir), ValueError(f"no benchmarked preset uses oracle {oracle!r}"))
     for plugin, preset in families.items():
         report.plugin = plugin
         if plugin not in given and quality_presets is not None and preset not in quality_presets:

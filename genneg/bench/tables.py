@@ -118,6 +118,11 @@ def markdown(report) -> str:
                 ],
             )
         )
+        for r in report.find("quality-run"):
+            out.append(
+                f"- {r['preset']}: {r['source']} in {r['seconds']:.0f} s"
+                + (f"; the loop stopped early: {r['stopped']}" if r["stopped"] else "")
+            )
         out.append("")
     rej = report.find("rejection")
     if rej:
