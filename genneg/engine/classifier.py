@@ -6,7 +6,7 @@ from genneg import rng
 from genneg.classifier_loss import label_weights, weighted_bce
 from genneg.diffusion.shapes import broadcast
 from genneg.engine.synth import _cat
-from genneg.engine.train import fit
+from genneg.engine.train import fit, sharded_mean
 
 
 def training_set(synth, weighting: str):
@@ -37,15 +37,26 @@ def train_classifier(
         weights = label_weights(batch.labels, alpha, weighting, pi1)
         sigma = process.sample_classifier_sigma(x0.shape[0], generator, x0.device)
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
-        logits = classifier(xt, sigma, **cond)
-        return weighted_bce(
-            logits,
-            batch.labels,
-            weights,
-            element_labels=batch.element_labels,
-            mask=cond.get("mask"),
-        )
+        els = batch.element_labels
+
+        def mean_fn(rows):  # rows: all of them in one process, this rank's share otherwise
+            c = {k: v[rows] for k, v in cond.items()}
+            return weighted_bce(
+                classifier(xt[rows], sigma[rows], **c),
+                batch.labels[rows],
+                weights[rows],
+                element_labels=None if els is None else els[rows],
+                mask=c.get("mask"),
+            )
+
+        return sharded_mean(mean_fn, x0.shape[0])
 
     return fit(
-        classifier.parameters(), loss_fn, train, desc="classifier", progress=progress, log=log
+        classifier.parameters(),
+        loss_fn,
+        train,
+        desc="classifier",
+        progress=progress,
+        log=log,
+        sharded=True,
     )

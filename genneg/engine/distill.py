@@ -5,7 +5,7 @@ from __future__ import annotations
 from genneg import rng
 from genneg.diffusion.loss import masked_sum, real_dims
 from genneg.diffusion.shapes import broadcast
-from genneg.engine.train import fit, minibatch
+from genneg.engine.train import fit, minibatch, sharded_mean
 
 
 def score_matching_distill(
@@ -28,8 +28,21 @@ def score_matching_distill(
         sigma = process.sample_training_sigma(x0.shape[0], generator, x0.device)
         noise = rng.randn(x0.shape, generator, x0.device)
         xt = x0 + broadcast(sigma, x0) * noise
-        target = teacher(xt, sigma, **cond).detach()
-        err = broadcast(process.loss_weight(sigma), x0) * (student(xt, sigma, **cond) - target) ** 2
-        return (masked_sum(err, cond) / real_dims(x0, cond)).mean()
 
-    return fit(student.parameters(), loss_fn, train, desc="distill", progress=progress, log=log)
+        def mean_fn(rows):  # rows: all of them in one process, this rank's share otherwise
+            x, s, c = xt[rows], sigma[rows], {k: v[rows] for k, v in cond.items()}
+            target = teacher(x, s, **c).detach()
+            err = broadcast(process.loss_weight(s), x) * (student(x, s, **c) - target) ** 2
+            return (masked_sum(err, c) / real_dims(x0[rows], c)).mean()
+
+        return sharded_mean(mean_fn, x0.shape[0])
+
+    return fit(
+        student.parameters(),
+        loss_fn,
+        train,
+        desc="distill",
+        progress=progress,
+        log=log,
+        sharded=True,
+    )

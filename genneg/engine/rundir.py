@@ -11,12 +11,14 @@ Layout::
     RUN/results.md        the final table
 
 Every file is written to a temporary name and renamed, so a killed run never leaves a
-half-written checkpoint under the real name; checkpoints load with ``weights_only=True`` and a
-corrupt one is reported, not used.
+half-written checkpoint, state or plot under the real name (the two append-only logs may end
+in a cut line: it is skipped when read, and the next record starts on a new line);
+checkpoints load with ``weights_only=True`` and a corrupt one is reported, not used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -45,6 +47,35 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary name (with ``path``'s suffix, so writers that infer the format from it,
+    such as ``savefig``, still do) that becomes ``path`` when the block finishes without
+    an error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if tmp.exists():
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line; if a killed run left the file without its final newline (a cut
+    line), start on a new line so that this record stays readable."""
+    with open(path, "ab") as fh:
+        if fh.tell() > 0:
+            with open(path, "rb") as tail:
+                tail.seek(-1, os.SEEK_END)
+                if tail.read(1) != b"\n":
+                    fh.write(b"\n")
+        fh.write((line + "\n").encode())
+        fh.flush()
+
+
 def versions() -> dict:
     import genneg
 
@@ -58,25 +89,29 @@ def versions() -> dict:
 class RunDir:
     """Files of one run."""
 
-    def __init__(self, path, *, quiet: bool = False):
+    def __init__(self, path, *, quiet: bool = False, write: bool = True):
         self.path = Path(path).expanduser()
         self.quiet = quiet
-        (self.path / "ckpt").mkdir(parents=True, exist_ok=True)
-        (self.path / "plots").mkdir(exist_ok=True)
+        #: False on the ranks other than 0 of a distributed run: they write nothing.
+        self.write = write
+        if write:
+            (self.path / "ckpt").mkdir(parents=True, exist_ok=True)
+            (self.path / "plots").mkdir(exist_ok=True)
 
     # --- log and metrics ---
     def log(self, message: str) -> None:
+        if not self.write:
+            return
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        with open(self.path / "log.txt", "a") as fh:
-            fh.write(line + "\n")
+        _append_line(self.path / "log.txt", line)
         if not self.quiet:
             tqdm.write(line)
 
     def metric(self, event: str, **fields) -> None:
+        if not self.write:
+            return
         record = {"event": event, "time": time.time(), **fields}
-        with open(self.path / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
+        _append_line(self.path / "metrics.jsonl", json.dumps(record))
 
     def read_metrics(self, event: str | None = None) -> list[dict]:
         path = self.path / "metrics.jsonl"
@@ -102,6 +137,8 @@ class RunDir:
         return json.loads(path.read_text())
 
     def mark_done(self, stage: str, **extra) -> None:
+        if not self.write:
+            return
         state = self.state()
         if stage not in state["done"]:
             state["done"].append(stage)
@@ -115,6 +152,8 @@ class RunDir:
     def save(self, stage: str, modules: dict, config_toml: str, extra: dict | None = None):
         import io
 
+        if not self.write:
+            return
         payload = {
             "modules": {k: m.state_dict() for k, m in modules.items()},
             "config": config_toml,

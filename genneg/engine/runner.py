@@ -5,6 +5,11 @@ classifier with Eq. 13, stacked by Eq. 9), ``distill`` (Eq. 14). Each finished s
 checkpointed and recorded in ``state.json``; ``resume=True`` reloads finished stages and
 continues with the first unfinished one, with the same random streams as an uninterrupted
 run (each stage seeds its own generators from the run seed and the stage name).
+
+Under ``torchrun`` (see :mod:`genneg.distributed` and docs/distributed.md) every rank runs
+this same code: sampling, labelling and evaluation are sharded across ranks, training steps
+use gradients all-reduced over the ranks' shares of each batch, and only rank 0 writes files,
+logs and shows progress bars.
 """
 
 from __future__ import annotations
@@ -18,16 +23,24 @@ from pathlib import Path
 import torch
 
 from genneg import config as config_mod
+from genneg import distributed
 from genneg.components import Splits
 from genneg.diffusion.loss import DenoisingLoss, real_dims
 from genneg.engine import build
 from genneg.engine.classifier import train_classifier
-from genneg.engine.evaluate import elbo_metrics, infraction_metrics
+from genneg.engine.evaluate import elbo_metrics, gather_labelled, infraction_metrics
+from genneg.engine.labelling import OracleLabeller
 from genneg.engine.report import results_table
-from genneg.engine.rundir import CheckpointError, RunDir, atomic_write_text, load_checkpoint
+from genneg.engine.rundir import (
+    CheckpointError,
+    RunDir,
+    atomic_path,
+    atomic_write_text,
+    load_checkpoint,
+)
 from genneg.engine.sampling import CountingDenoiser, ModelSampler
 from genneg.engine.synth import NoNegativesError, draw_labelled
-from genneg.engine.train import fit, minibatch
+from genneg.engine.train import denoising_loss, fit, minibatch
 from genneg.guidance import GuidedDenoiser
 from genneg.plots import scatter_2d, stage_curves
 from genneg.plugins import get_registry
@@ -54,7 +67,13 @@ def resolve_device(name: str) -> torch.device:
             f"device {name!r} asked for, but torch sees no CUDA device here; "
             'pass --set device="cpu"'
         )
+    if device.type == "cuda" and device.index is None and distributed.is_distributed():
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     return device
+
+
+#: The fewest rows a dataset split may have (an ELBO standard error needs two points).
+MIN_POINTS = 2
 
 
 def check_splits(splits: Splits) -> None:
@@ -63,6 +82,11 @@ def check_splits(splits: Splits) -> None:
         split = getattr(splits, name)
         if len(split) == 0:
             raise ValueError(f"dataset split {name!r} is empty")
+        if len(split) < MIN_POINTS:
+            raise ValueError(
+                f"dataset split {name!r} has only {len(split)} point(s); at least "
+                f"{MIN_POINTS} are needed"
+            )
         if not torch.isfinite(split.x).all():
             bad = int((~torch.isfinite(split.x.reshape(len(split), -1)).all(1)).sum())
             raise ValueError(f"dataset split {name!r} has {bad} samples with NaN or inf values")
@@ -74,16 +98,19 @@ def check_splits(splits: Splits) -> None:
 class Experiment:
     """The components of one run, built from its config."""
 
-    def __init__(self, cfg, registry, rundir: RunDir, progress: bool):
+    def __init__(self, cfg, registry, rundir: RunDir, progress: bool, oracle_workers: int = 0):
         self.cfg = cfg
         self.registry = registry
         self.rd = rundir
-        self.progress = progress
+        self.progress = progress and distributed.is_main()
         self.device = resolve_device(cfg.device)
         self.process = build.make_process(cfg.process)
         self.dataset = build.make_dataset(registry, cfg.dataset)
         root = str(Path(cfg.data_root).expanduser())
-        self.splits = self.dataset.load(root, stage_generator(cfg.seed, "data", "split"))
+        # rank 0 first, so that a dataset that builds a cache under data_root builds it once
+        self.splits = distributed.main_first(
+            lambda: self.dataset.load(root, stage_generator(cfg.seed, "data", "split"))
+        )
         check_splits(self.splits)
         splits = self.splits
         self.splits = Splits(
@@ -92,6 +119,7 @@ class Experiment:
             test=splits.test.to(self.device),
         )
         self.oracle = build.make_oracle(registry, cfg.oracle, dataset=self.dataset)
+        self.labeller = OracleLabeller(self.oracle, cfg.oracle.name, oracle_workers)
         sampler_fn = registry.get("samplers", cfg.sampling.sampler)
         self.sampler = ModelSampler(
             sampler_fn,
@@ -112,6 +140,33 @@ class Experiment:
         )
         self.base = self.new_denoiser()
         self.config_toml = config_mod.dumps_toml(cfg)
+        self.check_shapes()
+
+    def check_shapes(self) -> None:
+        """Feed two training points through the denoiser, a classifier and the oracle, so that
+        data of the wrong shape (feature count) is a clear error before any training. Leaves
+        the random streams and the models' train/eval modes as they were."""
+        cfg, part = self.cfg, self.splits.train.index(torch.arange(2))
+        what = f"dataset {cfg.dataset.name!r} gives samples of shape {tuple(part.x.shape[1:])}"
+        sigma = torch.ones(len(part), device=self.device)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for role, name, make in (
+                ("denoiser", cfg.denoiser.name, lambda: self.base),
+                ("classifier", cfg.classifier.network.name, self.new_classifier),
+            ):
+                net = make()
+                mode = net.training
+                try:
+                    out = net.eval()(part.x, sigma, **part.cond)
+                except Exception as exc:
+                    raise RunError(f"{what}, which {role} {name!r} cannot take: {exc}") from None
+                finally:
+                    net.train(mode)
+                if role == "denoiser" and out.shape != part.x.shape:
+                    raise RunError(
+                        f"{what}, but denoiser {name!r} returns shape {tuple(out.shape[1:])}"
+                    )
+        self.labeller.label(part)  # an oracle that cannot take them raises OracleError
 
     def new_denoiser(self):
         return build.make_denoiser(self.registry, self.cfg.denoiser, self.process).to(self.device)
@@ -131,15 +186,25 @@ class Experiment:
             f"{cfg.eval.elbo_points} {cfg.eval.elbo_split} points)"
         )
         counting = CountingDenoiser(model)
+        gen = stage_generator(cfg.seed, stage, "eval-samples")
+        lo, hi = distributed.share(cfg.eval.n_samples)  # this rank's share (all of them in one)
         t0 = time.perf_counter()
-        samples = self.sampler.sample(
-            counting,
-            cfg.eval.n_samples,
-            stage_generator(cfg.seed, stage, "eval-samples"),
-            progress=self.progress,
-        )
+        samples = None
+        if hi > lo:
+            samples = self.sampler.sample(
+                counting, hi - lo, distributed.rank_generator(gen), progress=self.progress
+            )
         seconds = time.perf_counter() - t0
-        metrics, finite, part, result = infraction_metrics(self.oracle, cfg.oracle.name, samples)
+        labelled = self.labeller.label(samples) if samples is not None else None
+        evals = counting.sample_evals
+        if distributed.is_distributed():
+            labelled = gather_labelled(labelled, self.oracle.categories)
+            evals = distributed.all_reduce_sum([evals])[0]
+            seconds = distributed.all_reduce_sum([seconds], op="max")[0]
+        metrics, finite, part, result = infraction_metrics(
+            self.oracle, cfg.oracle.name, None, labelled
+        )
+        n = len(finite)
         split = getattr(self.splits, cfg.eval.elbo_split)
         elbo = elbo_metrics(
             model,
@@ -155,8 +220,8 @@ class Experiment:
             "stage": stage,
             **metrics,
             **elbo,
-            "nfe_per_sample": counting.sample_evals / len(samples),
-            "seconds_per_sample": seconds / len(samples),
+            "nfe_per_sample": evals / n,
+            "seconds_per_sample": seconds / n,
             "n_classifiers": len(getattr(model, "classifiers", ())),
         }
         self.rd.metric("eval", **row)
@@ -168,7 +233,7 @@ class Experiment:
         return row
 
     def plot_stage(self, stage, part, result) -> None:
-        if result is None:
+        if result is None or not distributed.is_main():
             return
         n = min(self.cfg.eval.plot_samples, len(part))
         part_n = part.index(torch.arange(n))
@@ -183,9 +248,11 @@ class Experiment:
                 categories={k: v[:n] for k, v in result.categories.items()},
                 element_valid=None if result.element_valid is None else result.element_valid[:n],
             )
-            plot(part_n, sub, str(path), title)
+            with atomic_path(path) as tmp:
+                plot(part_n, sub, str(tmp), title)
         elif part_n.x.ndim == 2 and part_n.x.shape[1] == 2:
-            scatter_2d(part_n.x, result.valid[:n], path, title)
+            with atomic_path(path) as tmp:
+                scatter_2d(part_n.x, result.valid[:n], tmp, title)
 
     def data_ceiling(self) -> float | None:
         split = getattr(self.splits, self.cfg.eval.elbo_split)
@@ -195,6 +262,14 @@ class Experiment:
         if logp is None:
             return None
         return float((logp / real_dims(part.x, part.cond)).mean())
+
+
+def _load_shared(path, modules: dict) -> None:
+    """Rank 0 loads the checkpoint, every rank receives its weights (no shared file system
+    needed across nodes)."""
+    distributed.main_first(lambda: _load_modules(path, modules) and None, others=False)
+    for module in modules.values():
+        distributed.broadcast_module(module)
 
 
 def _load_modules(path, modules: dict) -> dict:
@@ -244,25 +319,52 @@ def _baseline_checkpoint(path: str) -> Path:
 
 
 def run(
-    cfg, out, *, resume: bool = False, registry=None, progress: bool = True, quiet: bool = False
+    cfg,
+    out,
+    *,
+    resume: bool = False,
+    registry=None,
+    progress: bool = True,
+    quiet: bool = False,
+    oracle_workers: int = 0,
 ) -> list[dict]:
-    """Run (or resume) a Gen-neG experiment; returns one metrics row per finished stage."""
+    """Run (or resume) a Gen-neG experiment; returns one metrics row per finished stage.
+
+    ``oracle_workers > 0`` labels in that many CPU processes, overlapped with sampling (same
+    labels as inline). Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the run
+    joins the process group first and shards its work across the ranks."""
     registry = registry or get_registry()
-    rd = _prepare_rundir(cfg, out, resume, quiet)
+    distributed.init_from_env(cfg.device)
+    if distributed.is_main():
+        rd = distributed.main_first(lambda: _prepare_rundir(cfg, out, resume, quiet), others=False)
+    else:
+        distributed.main_first(lambda: None, others=False)
+        rd = RunDir(out, quiet=True, write=False)
     torch.manual_seed(cfg.seed)
-    exp = Experiment(cfg, registry, rd, progress)
-    done = set(rd.state()["done"])
-    rows = {r["stage"]: r for r in rd.read_metrics("eval") if r["stage"] in done}
+    exp = Experiment(cfg, registry, rd, progress, oracle_workers=oracle_workers)
+    try:
+        return _run(exp, rd, registry)
+    finally:
+        exp.labeller.close()
+
+
+def _run(exp: Experiment, rd: RunDir, registry) -> list[dict]:
+    cfg, progress = exp.cfg, exp.progress
+    state, rows = distributed.broadcast_object(
+        (rd.state(), rd.read_metrics("eval")) if distributed.is_main() else None
+    )
+    done = set(state["done"])
+    rows = {r["stage"]: r for r in rows if r["stage"] in done}
     log = rd.log
 
     # Stage 0: the baseline DM (Algorithm 1, line 2; Eq. 5).
     if "baseline" in done:
-        _load_modules(rd.ckpt_path("baseline"), {"denoiser": exp.base})
+        _load_shared(rd.ckpt_path("baseline"), {"denoiser": exp.base})
         log("baseline: loaded from checkpoint")
     else:
         if cfg.baseline_from:
             src = _baseline_checkpoint(cfg.baseline_from)
-            _load_modules(src, {"denoiser": exp.base})
+            _load_shared(src, {"denoiser": exp.base})
             log(f"baseline: reused from {src}")
         else:
             t0 = time.perf_counter()
@@ -272,13 +374,14 @@ def run(
             exp.base.train()
             hist = fit(
                 exp.base.parameters(),
-                lambda step: loss(
-                    exp.base, *_xc(minibatch(train, cfg.baseline.batch_size, gen)), gen
+                lambda step: denoising_loss(
+                    loss, exp.base, *_xc(minibatch(train, cfg.baseline.batch_size, gen)), gen
                 ),
                 cfg.baseline,
                 desc="baseline",
                 progress=progress,
                 log=log,
+                sharded=True,
             )
             rd.metric("train", stage="baseline", history=hist, seconds=time.perf_counter() - t0)
             log(f"baseline: trained {cfg.baseline.steps} steps in {time.perf_counter() - t0:.1f} s")
@@ -292,12 +395,12 @@ def run(
 
     # Gen-neG iterations (Algorithm 1's while loop; stacking by Eq. 9).
     classifiers = []
-    stopped = rd.state().get("stopped")
+    stopped = state.get("stopped")
     for i in range(1, cfg.iterations + 1):
         stage = f"iter{i}"
         clf = exp.new_classifier()
         if stage in done:
-            _load_modules(rd.ckpt_path(stage), {"classifier": clf})
+            _load_shared(rd.ckpt_path(stage), {"classifier": clf})
             clf.eval().requires_grad_(False)
             classifiers.append(clf)
             log(f"{stage}: loaded from checkpoint")
@@ -316,6 +419,7 @@ def run(
                 generator=stage_generator(cfg.seed, stage, "synth"),
                 progress=progress,
                 log=log,
+                labeller=exp.labeller,
             )
         except NoNegativesError as exc:
             log(f"{stage}: stopping the Gen-neG loop: {exc}")
@@ -351,7 +455,7 @@ def run(
     if cfg.distill.enabled and classifiers:
         student = exp.new_denoiser()
         if "distill" in done:
-            _load_modules(rd.ckpt_path("distill"), {"denoiser": student})
+            _load_shared(rd.ckpt_path("distill"), {"denoiser": student})
             log("distill: loaded from checkpoint")
         else:
             student.load_state_dict(exp.base.state_dict())  # initialised from the baseline
@@ -376,7 +480,9 @@ def run(
             rd.mark_done("distill")
 
     ordered = [rows[s] for s in _stage_order(cfg) if s in rows]
-    finish(exp, ordered)
+    if distributed.is_main():
+        finish(exp, ordered)
+    distributed.barrier()  # the other ranks return once the results are written
     return ordered
 
 
@@ -398,9 +504,6 @@ def finish(exp: Experiment, rows: list[dict]) -> None:
         json.dumps({"rows": rows, "data_log_density": ceiling}, indent=1),
     )
     if rows:
-        stage_curves(
-            rows,
-            exp.rd.path / "plots" / "curves.png",
-            ceiling=ceiling if ceiling is not None else math.nan,
-        )
+        with atomic_path(exp.rd.path / "plots" / "curves.png") as tmp:
+            stage_curves(rows, tmp, ceiling=ceiling if ceiling is not None else math.nan)
     exp.rd.log("results:\n" + table)

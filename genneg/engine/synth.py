@@ -6,7 +6,12 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
-from genneg.components import DataSplit, validate_oracle_result
+from genneg import distributed
+from genneg.components import DataSplit
+from genneg.engine.labelling import OracleError, OracleLabeller, label_batch
+
+__all__ = ["LabelledSet", "NoNegativesError", "OracleError", "SynthResult", "draw_labelled"]
+__all__ += ["label_batch"]  # re-exported: callers import it from here
 
 
 class NoNegativesError(RuntimeError):
@@ -33,19 +38,6 @@ class LabelledSet:
     def index(self, idx):
         el = None if self.element_labels is None else self.element_labels[idx]
         return LabelledSet(data=self.data.index(idx), labels=self.labels[idx], element_labels=el)
-
-
-def label_batch(oracle, name: str, batch: DataSplit):
-    """Label a batch; non-finite samples are never shown to the oracle: they are returned as
-    invalid in a separate mask. Oracles are CPU programs: the batch is moved to the CPU first.
-    Returns ``(finite_mask, finite_rows, result_for_finite_rows)``."""
-    batch = batch.to("cpu")
-    finite = torch.isfinite(batch.x.reshape(len(batch), -1)).all(dim=1)
-    part = batch.index(finite.nonzero().squeeze(1)) if not finite.all() else batch
-    result = oracle.label(part.x, part.cond) if len(part) else None
-    if result is not None:
-        validate_oracle_result(result, len(part), oracle.categories, name)
-    return finite, part, result
 
 
 @attrs.frozen(kw_only=True)
@@ -99,47 +91,102 @@ def draw_labelled(
     generator,
     progress=True,
     log=None,
+    labeller=None,
 ) -> SynthResult:
     """Sample and label until ``cfg.n_per_class`` positives and negatives exist or
     ``cfg.max_samples`` were drawn; keep N of each (and the first 2N drawn if
-    ``keep_natural``, for the ``imbalanced`` ablation)."""
+    ``keep_natural``, for the ``imbalanced`` ablation).
+
+    ``labeller`` (an :class:`OracleLabeller`) may label in worker processes; it then labels
+    one batch while the next is sampled (a batch drawn but not needed is discarded
+    uncounted, so the result is the one of inline labelling).
+
+    Under torch.distributed each round draws ``world_size * batch_size`` samples (at most
+    the remaining budget), each rank its share with its own generator
+    (:func:`genneg.distributed.rank_generator`); the counts are all-reduced after every round,
+    so alpha and the stopping rule see every rank's samples, and the kept sets are gathered
+    in (round, rank) order and cut to N, so every rank returns the same set, without
+    duplicates. With one process this is exactly the sequential loop."""
     n = cfg.n_per_class
-    pos, neg, nat = [], [], []
-    k_pos = k_neg = k_nat = 0
-    n_pos = n_neg = n_bad = 0
-    bar = tqdm(total=cfg.max_samples, desc="synthetic samples", disable=not progress, leave=False)
-    while n_pos + n_neg + n_bad < cfg.max_samples and (k_pos < n or k_neg < n):
-        b = min(model_sampler.batch_size, cfg.max_samples - (n_pos + n_neg + n_bad))
-        batch = model_sampler.sample(denoiser, b, generator)
-        finite, part, result = label_batch(oracle, oracle_name, batch)
-        n_bad += int((~finite).sum())
-        bar.update(b)
-        if result is None:
-            continue
-        labelled = LabelledSet(data=part, labels=result.valid, element_labels=result.element_valid)
-        is_pos = result.valid
-        n_pos += int(is_pos.sum())
-        n_neg += int((~is_pos).sum())
-        take_pos = is_pos.nonzero().squeeze(1)[: n - k_pos]
-        take_neg = (~is_pos).nonzero().squeeze(1)[: n - k_neg]
-        if len(take_pos):
-            pos.append(labelled.index(take_pos))
-            k_pos += len(take_pos)
-        if len(take_neg):
-            neg.append(labelled.index(take_neg))
-            k_neg += len(take_neg)
-        if keep_natural and k_nat < 2 * n:
-            take = torch.arange(min(len(labelled), 2 * n - k_nat))
-            nat.append(labelled.index(take))
-            k_nat += len(take)
-        bar.set_postfix(pos=n_pos, neg=n_neg)
-    bar.close()
+    world = distributed.world_size()
+    gen = distributed.rank_generator(generator) if world > 1 else generator
+    own = labeller is None
+    labeller = labeller or OracleLabeller(oracle, oracle_name)
+    pos, neg, nat = [], [], []  # (round, LabelledSet) kept on this rank
+    k_pos = k_neg = k_nat = 0  # kept on this rank
+    n_pos = n_neg = n_bad = 0  # drawn by all ranks
+    drawn = 0
+    bar = tqdm(
+        total=cfg.max_samples,
+        desc="synthetic samples",
+        disable=not (progress and distributed.is_main()),
+        leave=False,
+    )
+
+    def round_size(drawn_before):
+        return min(world * model_sampler.batch_size, cfg.max_samples - drawn_before)
+
+    def start(drawn_before):
+        lo, hi = distributed.share(round_size(drawn_before))
+        if hi == lo:
+            return None
+        return labeller.submit(model_sampler.sample(denoiser, hi - lo, gen))
+
+    try:
+        rnd = 0
+        pending = _guard(start, 0)
+        while True:
+            b = round_size(drawn)
+            nxt = None
+            if labeller.overlaps and drawn + b < cfg.max_samples:
+                nxt = _guard(start, drawn + b)  # sampled while the pool labels
+            got = _guard(labeller.result, pending.value) if pending.ok else pending
+            failed = not (got.ok and pending.ok and (nxt is None or nxt.ok))
+            local = (0, 0, 0) if failed or got.value is None else _counts(got.value)
+            counts = distributed.all_reduce_sum([*local, int(failed)])
+            if counts[3]:
+                for box in (pending, got, nxt):
+                    if box is not None and not box.ok:
+                        raise box.value
+                raise RuntimeError("labelling failed on another rank (see its error)")
+            before = (min(n, n_pos), min(n, n_neg), min(2 * n, n_pos + n_neg))
+            n_pos, n_neg, n_bad = n_pos + counts[0], n_neg + counts[1], n_bad + counts[2]
+            drawn += b
+            bar.update(b)
+            if got.value is not None and got.value[2] is not None:
+                _, part, result = got.value
+                labelled = LabelledSet(
+                    data=part, labels=result.valid, element_labels=result.element_valid
+                )
+                is_pos = result.valid
+                take_pos = is_pos.nonzero().squeeze(1)[: min(n - k_pos, n - before[0])]
+                take_neg = (~is_pos).nonzero().squeeze(1)[: min(n - k_neg, n - before[1])]
+                if len(take_pos):
+                    pos.append((rnd, labelled.index(take_pos)))
+                    k_pos += len(take_pos)
+                if len(take_neg):
+                    neg.append((rnd, labelled.index(take_neg)))
+                    k_neg += len(take_neg)
+                room = min(2 * n - k_nat, 2 * n - before[2])
+                if keep_natural and room > 0:
+                    take = torch.arange(min(len(labelled), room))
+                    nat.append((rnd, labelled.index(take)))
+                    k_nat += len(take)
+            bar.set_postfix(pos=n_pos, neg=n_neg)
+            if not (drawn < cfg.max_samples and (n_pos < n or n_neg < n)):
+                break
+            rnd += 1
+            pending = nxt if nxt is not None else _guard(start, drawn)
+    finally:
+        bar.close()
+        if own:
+            labeller.close()
     if n_bad and log is not None:
         log(
             f"warning: {n_bad} of {n_pos + n_neg + n_bad} samples were not finite (NaN/inf); "
             "they were excluded from labelling and from alpha"
         )
-    drawn = n_pos + n_neg + n_bad
+    k_pos, k_neg = min(n, n_pos), min(n, n_neg)  # what the gathered sets hold
     if k_neg < cfg.min_per_class or k_pos < cfg.min_per_class:
         which = "infracting" if k_neg < cfg.min_per_class else "valid"
         what = "(almost) no infractions" if which == "infracting" else "almost no valid samples"
@@ -154,10 +201,76 @@ def draw_labelled(
             f"(asked for {n} each)"
         )
     return SynthResult(
-        positives=_cat(pos),
-        negatives=_cat(neg),
-        natural=_cat(nat) if nat else None,
+        positives=_gather(pos, n),
+        negatives=_gather(neg, n),
+        natural=_gather(nat, 2 * n) if keep_natural else None,
         n_positive=n_pos,
         n_negative=n_neg,
         n_nonfinite=n_bad,
+    )
+
+
+class _Box:
+    """A value or the exception that replaced it (so that every rank reaches the
+    all-reduce of a round before any of them raises)."""
+
+    def __init__(self, ok: bool, value):
+        self.ok, self.value = ok, value
+
+
+def _guard(fn, *args) -> _Box:
+    if not distributed.is_distributed():
+        return _Box(True, fn(*args))  # one process: raise where it happens
+    try:
+        return _Box(True, fn(*args))
+    except Exception as exc:
+        return _Box(False, exc)
+
+
+def _counts(labelled) -> tuple[int, int, int]:
+    finite, _, result = labelled
+    n_bad = int((~finite).sum())
+    if result is None:
+        return 0, 0, n_bad
+    n_pos = int(result.valid.sum())
+    return n_pos, len(result.valid) - n_pos, n_bad
+
+
+def _gather(tagged: list, limit: int) -> LabelledSet | None:
+    """Every rank's kept rows in (round, rank, draw) order, the first ``limit`` of them."""
+    if not distributed.is_distributed():
+        return _cat([s for _, s in tagged]) if tagged else None
+    if tagged:
+        local = _cat([s for _, s in tagged])
+        rounds = torch.cat([torch.full((len(s),), r, dtype=torch.int64) for r, s in tagged])
+    else:
+        local, rounds = None, torch.zeros(0, dtype=torch.int64)
+    ref = [s for s in distributed.all_gather_object(_template(local)) if s is not None]
+    if not ref:
+        return None
+    local = local if local is not None else _empty_like(ref[0])
+    data = distributed.all_gather_split(local.data)
+    labels = distributed.all_gather_tensor(local.labels)
+    els = local.element_labels
+    els = None if els is None else distributed.all_gather_tensor(els)
+    order = torch.sort(distributed.all_gather_tensor(rounds), stable=True).indices[:limit]
+    return LabelledSet(data=data, labels=labels, element_labels=els).index(order)
+
+
+def _template(s: LabelledSet | None):
+    if s is None:
+        return None
+    return {
+        "x": (tuple(s.data.x.shape[1:]), s.data.x.dtype),
+        "cond": {k: (tuple(v.shape[1:]), v.dtype) for k, v in s.data.cond.items()},
+        "el": None if s.element_labels is None else tuple(s.element_labels.shape[1:]),
+    }
+
+
+def _empty_like(t) -> LabelledSet:
+    x = torch.zeros((0, *t["x"][0]), dtype=t["x"][1])
+    cond = {k: torch.zeros((0, *shape), dtype=dt) for k, (shape, dt) in t["cond"].items()}
+    el = None if t["el"] is None else torch.zeros((0, *t["el"]), dtype=torch.bool)
+    return LabelledSet(
+        data=DataSplit(x=x, cond=cond), labels=torch.zeros(0, dtype=torch.bool), element_labels=el
     )
