@@ -57,22 +57,46 @@ def cli():
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last finished stage.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run_cmd(preset, files, assignments, out, resume, dry_run, no_progress):
-    """Run the Gen-neG experiment PRESET (see `genneg presets`)."""
+@click.option(
+    "--oracle-workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Label in this many CPU processes, overlapped with sampling (for slow oracles; "
+    "same labels as inline).",
+)
+def run_cmd(preset, files, assignments, out, resume, dry_run, no_progress, oracle_workers):
+    """Run the Gen-neG experiment PRESET (see `genneg presets`).
+
+    Under torchrun (`torchrun --nproc_per_node=N -m genneg run PRESET`) the ranks share the
+    work and rank 0 writes the run directory (docs/distributed.md)."""
     cfg = _resolve(preset, files, assignments)
     if dry_run:
         click.echo(config_mod.dumps_toml(cfg))
         return
+    from genneg import distributed
     from genneg.engine.build import BuildError
+    from genneg.engine.labelling import OracleError
     from genneg.engine.rundir import CheckpointError
     from genneg.engine.runner import RunError, run
 
     out = out or str(Path("runs") / preset)
+    errors = (RunError, BuildError, CheckpointError, OracleError, UnknownComponentError)
     try:
-        run(cfg, out, resume=resume, progress=not no_progress and sys.stderr.isatty())
-    except (RunError, BuildError, CheckpointError, UnknownComponentError, PluginError) as exc:
+        run(
+            cfg,
+            out,
+            resume=resume,
+            progress=not no_progress and sys.stderr.isatty(),
+            oracle_workers=oracle_workers,
+        )
+    except (*errors, PluginError) as exc:
         raise CLIError(str(exc)) from None
-    click.echo(f"\nrun directory: {out} (results.md, metrics.jsonl, plots/)")
+    finally:
+        main = distributed.is_main()
+        distributed.destroy()
+    if main:
+        click.echo(f"\nrun directory: {out} (results.md, metrics.jsonl, plots/)")
 
 
 @cli.command("eval")

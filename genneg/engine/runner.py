@@ -50,6 +50,10 @@ class RunError(RuntimeError):
     """A run that cannot start or continue (existing directory, mismatching config...)."""
 
 
+class DataError(RunError, ValueError):
+    """A dataset the run cannot use (NaN/inf, too few points, a shape the models reject)."""
+
+
 def stage_generator(seed: int, stage: str, purpose: str) -> torch.Generator:
     """A generator for one purpose of one stage, independent of what ran before it."""
     digest = hashlib.sha256(f"{seed}/{stage}/{purpose}".encode()).digest()
@@ -81,18 +85,18 @@ def check_splits(splits: Splits) -> None:
     for name in ("train", "val", "test"):
         split = getattr(splits, name)
         if len(split) == 0:
-            raise ValueError(f"dataset split {name!r} is empty")
+            raise DataError(f"dataset split {name!r} is empty")
         if len(split) < MIN_POINTS:
-            raise ValueError(
+            raise DataError(
                 f"dataset split {name!r} has only {len(split)} point(s); at least "
                 f"{MIN_POINTS} are needed"
             )
         if not torch.isfinite(split.x).all():
             bad = int((~torch.isfinite(split.x.reshape(len(split), -1)).all(1)).sum())
-            raise ValueError(f"dataset split {name!r} has {bad} samples with NaN or inf values")
+            raise DataError(f"dataset split {name!r} has {bad} samples with NaN or inf values")
     shapes = {tuple(getattr(splits, n).x.shape[1:]) for n in ("train", "val", "test")}
     if len(shapes) != 1:
-        raise ValueError(f"dataset splits disagree on the sample shape: {sorted(shapes)}")
+        raise DataError(f"dataset splits disagree on the sample shape: {sorted(shapes)}")
 
 
 class Experiment:
@@ -159,11 +163,11 @@ class Experiment:
                 try:
                     out = net.eval()(part.x, sigma, **part.cond)
                 except Exception as exc:
-                    raise RunError(f"{what}, which {role} {name!r} cannot take: {exc}") from None
+                    raise DataError(f"{what}, which {role} {name!r} cannot take: {exc}") from None
                 finally:
                     net.train(mode)
                 if role == "denoiser" and out.shape != part.x.shape:
-                    raise RunError(
+                    raise DataError(
                         f"{what}, but denoiser {name!r} returns shape {tuple(out.shape[1:])}"
                     )
         self.labeller.label(part)  # an oracle that cannot take them raises OracleError
@@ -422,9 +426,10 @@ def _run(exp: Experiment, rd: RunDir, registry) -> list[dict]:
                 labeller=exp.labeller,
             )
         except NoNegativesError as exc:
-            log(f"{stage}: stopping the Gen-neG loop: {exc}")
-            rd.mark_done("stopped", stopped=str(exc))
-            stopped = str(exc)
+            last = rows.get(f"iter{i - 1}" if i > 1 else "baseline")
+            stopped = f"{exc}; {_summary(last)}" if last else str(exc)
+            log(f"{stage}: stopping the Gen-neG loop: {stopped}")
+            rd.mark_done("stopped", stopped=stopped)
             break
         t_synth = time.perf_counter() - t0
         rd.metric("synth", stage=stage, seconds=t_synth, **synth.summary())
@@ -484,6 +489,15 @@ def _run(exp: Experiment, rd: RunDir, registry) -> list[dict]:
         finish(exp, ordered)
     distributed.barrier()  # the other ranks return once the results are written
     return ordered
+
+
+def _summary(row: dict) -> str:
+    """A stage's headline metrics, for messages."""
+    return (
+        f"{row['stage']} has infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} % "
+        f"in {row['n']} samples, {row['elbo_kind']} {row['elbo']:.4f} ± {row['elbo_se']:.4f} "
+        "nats/dim"
+    )
 
 
 def _stage_order(cfg):
