@@ -17,18 +17,31 @@ def traffic():
 
 
 @traffic.command("build-dataset")
-@click.option("--preset", default=None, help="Build exactly the dataset of this preset "
-              "(e.g. traffic-paper); the other options are then ignored.")
-@click.option("--source", type=click.Choice(["sumo", "synthetic"]), default="sumo",
-              show_default=True, help="SUMO simulations (needs genneg-traffic[sumo]) or "
-              "procedural roads.")
+@click.option(
+    "--preset",
+    default=None,
+    help="Build exactly the dataset of this preset "
+    "(e.g. traffic-paper); the other options are then ignored.",
+)
+@click.option(
+    "--source",
+    type=click.Choice(["sumo", "synthetic"]),
+    default="sumo",
+    show_default=True,
+    help="SUMO simulations (needs genneg-traffic[sumo]) or procedural roads.",
+)
 @click.option("--name", default=None, help="Dataset name (default: the source's).")
 @click.option("--data-root", default="~/.cache/genneg", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-agents", default=None, type=int, help="Agents per scene (padding above).")
 @click.option("--raster", default=None, type=int, help="Map raster resolution (pixels).")
-@click.option("--option", "options", multiple=True, metavar="KEY=JSON",
-              help="A source option, e.g. --option snapshots=60 --option 'networks=[\"highway\"]'.")
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="A source option, e.g. --option snapshots=60 --option 'networks=[\"highway\"]'.",
+)
 @click.option("--force", is_flag=True, help="Rebuild an existing dataset directory.")
 def build_dataset(preset, source, name, data_root, seed, max_agents, raster, options, force):
     """Simulate traffic, cut 80 m scenes and cache them under DATA_ROOT/traffic/NAME."""
@@ -55,19 +68,34 @@ def build_dataset(preset, source, name, data_root, seed, max_agents, raster, opt
             raise click.ClickException(f"{out} exists; pass --force to rebuild it")
         shutil.rmtree(out)
     try:
-        meta = build(out, source, seed=seed, window=window, source_options=source_options,
-                     progress=sys.stderr.isatty(), log=click.echo)
+        meta = build(
+            out,
+            source,
+            seed=seed,
+            window=window,
+            source_options=source_options,
+            progress=sys.stderr.isatty(),
+            log=click.echo,
+        )
     except (ValueError, TypeError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps({k: meta[k] for k in ("n_scenes", "n_maps", "cities", "test_city",
-                                                 "build_seconds")}))
+    click.echo(
+        json.dumps(
+            {k: meta[k] for k in ("n_scenes", "n_maps", "cities", "test_city", "build_seconds")}
+        )
+    )
 
 
 @traffic.command("table")
 @click.option("--size", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True)
 @click.option("--out", default=None, help="Directory of the runs (default: runs/traffic-table).")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key in every run, e.g. --set baseline.steps=500.")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key in every run, e.g. --set baseline.steps=500.",
+)
 @click.option("--rows", default=None, help="Comma-separated subset of the Table 1 rows.")
 @click.option("--resume", is_flag=True, help="Continue killed runs.")
 def table_cmd(size, out, assignments, rows, resume):
@@ -78,9 +106,15 @@ def table_cmd(size, out, assignments, rows, resume):
     base = "traffic" if size == "cpu" else "traffic-paper"
     out = out or f"runs/{base}-table"
     try:
-        text = run_table(base, out, assignments=assignments, resume=resume,
-                         rows=rows.split(",") if rows else None,
-                         progress=sys.stderr.isatty(), log=click.echo)
+        text = run_table(
+            base,
+            out,
+            assignments=assignments,
+            resume=resume,
+            rows=rows.split(",") if rows else None,
+            progress=sys.stderr.isatty(),
+            log=click.echo,
+        )
     except Exception as exc:  # show engine errors without a traceback
         from genneg.config import ConfigError
         from genneg.engine.runner import RunError

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genneg.components import DataSplit, Dataset, OracleResult, Splits
+from genneg.components import Dataset, DataSplit, OracleResult, Splits
 from genneg_traffic.features import FEATURES, Normalizer
 from genneg_traffic.maps import MapBank
 from genneg_traffic.scenes import SceneCutter, WindowConfig
@@ -44,8 +44,16 @@ def dataset_dir(root: str, name: str) -> Path:
     return Path(root).expanduser() / "traffic" / name
 
 
-def build(out: Path, source: str, *, seed: int = 0, window: dict | None = None,
-          source_options: dict | None = None, progress: bool = True, log=print) -> dict:
+def build(
+    out: Path,
+    source: str,
+    *,
+    seed: int = 0,
+    window: dict | None = None,
+    source_options: dict | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Simulate (or generate) cities, cut scenes and write a dataset directory; returns meta."""
     t0 = time.perf_counter()
     wcfg = WindowConfig(**(window or {}))
@@ -86,18 +94,29 @@ def build(out: Path, source: str, *, seed: int = 0, window: dict | None = None,
     MapBank(cutter.maps).save(tmp / "maps.pt")
     torch.save({"rasters": torch.from_numpy(np.stack(cutter.rasters))}, tmp / "rasters.pt")
     meta = {
-        "format": FORMAT, "features": list(FEATURES), "normalization": norm.to_dict(),
-        "window": wcfg.size, "raster": wcfg.raster, "cities": names, "test_city": test_city,
-        "source": source, "seed": seed, "options": opts, "window_options": _plain(wcfg),
-        "n_scenes": int(len(arrays["x"])), "n_maps": len(cutter.maps),
+        "format": FORMAT,
+        "features": list(FEATURES),
+        "normalization": norm.to_dict(),
+        "window": wcfg.size,
+        "raster": wcfg.raster,
+        "cities": names,
+        "test_city": test_city,
+        "source": source,
+        "seed": seed,
+        "options": opts,
+        "window_options": _plain(wcfg),
+        "n_scenes": int(len(arrays["x"])),
+        "n_maps": len(cutter.maps),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     for f in ("scenes.pt", "maps.pt", "rasters.pt", "meta.json"):  # meta.json last: "done"
         os.replace(tmp / f, out / f)
     tmp.rmdir()
-    log(f"wrote {meta['n_scenes']} scenes, {meta['n_maps']} maps to {out} "
-        f"in {meta['build_seconds']} s")
+    log(
+        f"wrote {meta['n_scenes']} scenes, {meta['n_maps']} maps to {out} "
+        f"in {meta['build_seconds']} s"
+    )
     return meta
 
 
@@ -121,9 +140,15 @@ class TrafficDataset(Dataset):
         :class:`~genneg_traffic.sumo.SumoConfig`).
     """
 
-    def __init__(self, name: str = "synthetic", source: str = "synthetic", seed: int = 0,
-                 val_fraction: float = 0.1, window: dict | None = None,
-                 source_options: dict | None = None):
+    def __init__(
+        self,
+        name: str = "synthetic",
+        source: str = "synthetic",
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        window: dict | None = None,
+        source_options: dict | None = None,
+    ):
         if source not in SOURCES:
             raise ValueError(f"unknown traffic source {source!r}; choose from {SOURCES}")
         if not 0 < val_fraction < 1:
@@ -147,18 +172,32 @@ class TrafficDataset(Dataset):
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{out}: unknown format {meta.get('format')!r}")
             if self.source != "dir":
-                want = {"source": self.source, "seed": self.seed, "options": self.source_options,
-                        "window_options": _plain(WindowConfig(**self.window))}
+                want = {
+                    "source": self.source,
+                    "seed": self.seed,
+                    "options": self.source_options,
+                    "window_options": _plain(WindowConfig(**self.window)),
+                }
                 have = {k: meta.get(k) for k in want}
                 if have != want:
-                    raise ValueError(f"{out} was built with {have}, not {want}: choose another "
-                                     "dataset name or delete that directory")
+                    raise ValueError(
+                        f"{out} was built with {have}, not {want}: choose another "
+                        "dataset name or delete that directory"
+                    )
             return out
         if self.source == "dir":
-            raise ValueError(f"no traffic dataset at {out}; build one with `genneg traffic "
-                             "build-dataset` or write the files described in genneg_traffic.dataset")
-        build(out, self.source, seed=self.seed, window=self.window,
-              source_options=self.source_options, progress=progress)
+            raise ValueError(
+                f"no traffic dataset at {out}; build one with `genneg traffic "
+                "build-dataset` or write the files described in genneg_traffic.dataset"
+            )
+        build(
+            out,
+            self.source,
+            seed=self.seed,
+            window=self.window,
+            source_options=self.source_options,
+            progress=progress,
+        )
         return out
 
     def load(self, root: str, generator: torch.Generator) -> Splits:
@@ -171,16 +210,24 @@ class TrafficDataset(Dataset):
         self.maps = MapBank.load(out / "maps.pt")
         x = self.normalizer.normalize(scenes["x"].double()).float()
         x = torch.where(scenes["mask"][..., None], x, torch.zeros_like(x))
-        full = DataSplit(x=x, cond={"mask": scenes["mask"], "map_id": scenes["map_id"],
-                                    "map": rasters[scenes["map_id"]][:, None]})
+        full = DataSplit(
+            x=x,
+            cond={
+                "mask": scenes["mask"],
+                "map_id": scenes["map_id"],
+                "map": rasters[scenes["map_id"]][:, None],
+            },
+        )
         test_idx = self.meta["cities"].index(self.meta["test_city"])
         is_test = scenes["city"] == test_idx
         rest = (~is_test).nonzero().squeeze(1)
         rest = rest[torch.randperm(len(rest), generator=generator)]
         n_val = max(1, int(round(self.val_fraction * len(rest))))
-        return Splits(train=full.index(rest[n_val:].sort().values),
-                      val=full.index(rest[:n_val].sort().values),
-                      test=full.index(is_test.nonzero().squeeze(1)))
+        return Splits(
+            train=full.index(rest[n_val:].sort().values),
+            val=full.index(rest[:n_val].sort().values),
+            test=full.index(is_test.nonzero().squeeze(1)),
+        )
 
     def plot_samples(self, split: DataSplit, result: OracleResult, path: str, title: str) -> None:
         """A grid of scenes with infracting vehicles highlighted (Fig. 1 style)."""

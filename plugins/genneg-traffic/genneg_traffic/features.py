@@ -10,7 +10,6 @@ so that the oracle can map samples back to metres.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
@@ -57,8 +56,10 @@ class Normalizer:
 
     def _like(self, v):
         if isinstance(v, torch.Tensor):
-            return (torch.as_tensor(self.mean, dtype=v.dtype, device=v.device),
-                    torch.as_tensor(self.std, dtype=v.dtype, device=v.device))
+            return (
+                torch.as_tensor(self.mean, dtype=v.dtype, device=v.device),
+                torch.as_tensor(self.std, dtype=v.dtype, device=v.device),
+            )
         return self.mean, self.std
 
 
@@ -77,5 +78,10 @@ def front_to_centre(x_front, y_front, length, heading):
     return x_front - half * np.cos(heading), y_front - half * np.sin(heading)
 
 
-__all__ = ["FEATURES", "N_FEATURES", "Normalizer", "navigational_to_math", "front_to_centre",
-           "math"]
+__all__ = [
+    "FEATURES",
+    "N_FEATURES",
+    "Normalizer",
+    "navigational_to_math",
+    "front_to_centre",
+]

@@ -10,8 +10,9 @@ def corners(cx, cy, length, width, heading) -> np.ndarray:
     """Corners ``[M, 4, 2]`` (counter-clockwise) of oriented rectangles centred at ``(cx, cy)``
     with ``length`` along the heading (radians, counter-clockwise from +x) and ``width``
     across it."""
-    cx, cy, length, width, heading = (np.asarray(a, dtype=np.float64).reshape(-1)
-                                      for a in (cx, cy, length, width, heading))
+    cx, cy, length, width, heading = (
+        np.asarray(a, dtype=np.float64).reshape(-1) for a in (cx, cy, length, width, heading)
+    )
     c, s = np.cos(heading), np.sin(heading)
     # local corner offsets (+-l/2, +-w/2), counter-clockwise
     lx = np.array([0.5, -0.5, -0.5, 0.5])[None, :] * length[:, None]

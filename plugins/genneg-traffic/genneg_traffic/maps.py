@@ -52,7 +52,7 @@ class MapBank:
     def from_tensors(cls, d: dict[str, torch.Tensor]) -> MapBank:
         data = d["wkb"].numpy().tobytes()
         off = d["offsets"].numpy()
-        return cls(shapely.from_wkb([data[off[i]:off[i + 1]] for i in range(len(off) - 1)]))
+        return cls(shapely.from_wkb([data[off[i] : off[i + 1]] for i in range(len(off) - 1)]))
 
     def save(self, path) -> None:
         torch.save(self.to_tensors(), path)

@@ -65,9 +65,11 @@ class RPESelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, A, 3, h, d).unbind(2)  # [B, A, h, d]
         pq, pk, pv = self.rpe(p).view(B, A, A, 3, h, d).unbind(3)  # [B, A, A, h, d]
         # Eq. (36): e_ij = (q_i.k_j + pQ_ij.k_j + q_i.pK_ij) / sqrt(d)
-        e = (torch.einsum("bihd,bjhd->bhij", q, k)
-             + torch.einsum("bijhd,bjhd->bhij", pq, k)
-             + torch.einsum("bihd,bijhd->bhij", q, pk)) / math.sqrt(d)
+        e = (
+            torch.einsum("bihd,bjhd->bhij", q, k)
+            + torch.einsum("bijhd,bjhd->bhij", pq, k)
+            + torch.einsum("bihd,bijhd->bhij", q, pk)
+        ) / math.sqrt(d)
         e = e.masked_fill(~mask[:, None, None, :], -1e9)
         a = torch.softmax(e, dim=-1)
         # Eq. (35): sum_j a_ij (v_j + pV_ij)
@@ -85,9 +87,12 @@ class MapEncoder(nn.Module):
     def __init__(self, hidden: int, in_channels: int = 1, width: int = 32):
         super().__init__()
         self.cnn = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(width * 2, hidden, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, width * 2, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width * 2, hidden, 3, stride=2, padding=1),
+            nn.SiLU(),
             nn.Conv2d(hidden, hidden, 1),  # position-wise feed-forward
         )
         self.hidden = hidden
@@ -108,11 +113,15 @@ class MapEncoder(nn.Module):
     def _encode(self, raster: torch.Tensor) -> torch.Tensor:
         m = self.cnn(raster.float() * 2 - 1)  # {0, 1} -> {-1, 1}
         B, H, h, w = m.shape
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=m.device),
-                                torch.linspace(1, -1, w, device=m.device).flip(0), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, h, device=m.device),
+            torch.linspace(1, -1, w, device=m.device).flip(0),
+            indexing="ij",
+        )
         half = H // 2
-        pos = torch.cat([sinusoidal(xs * 50, half, 1000.0), sinusoidal(-ys * 50, H - half, 1000.0)],
-                        dim=-1)  # [h, w, H]
+        pos = torch.cat(
+            [sinusoidal(xs * 50, half, 1000.0), sinusoidal(-ys * 50, H - half, 1000.0)], dim=-1
+        )  # [h, w, H]
         return m.flatten(2).transpose(1, 2) + pos.reshape(h * w, H)
 
 
@@ -139,8 +148,15 @@ class Block(nn.Module):
 class TrafficBackbone(nn.Module):
     """Encoder + backbone: ``(x_in [B, A, 7], t [B], mask, map)`` -> ``[B, A, H]``."""
 
-    def __init__(self, hidden: int = 64, heads: int = 4, layers: int = 2, ff_mult: int = 2,
-                 map_width: int = 32, distance_scale: float = 100.0):
+    def __init__(
+        self,
+        hidden: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+        ff_mult: int = 2,
+        map_width: int = 32,
+        distance_scale: float = 100.0,
+    ):
         super().__init__()
         self.hidden = hidden
         self.distance_scale = distance_scale

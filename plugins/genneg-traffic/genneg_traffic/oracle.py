@@ -56,9 +56,16 @@ class TrafficOracle(Oracle):
 
     categories = CATEGORIES
 
-    def __init__(self, maps: MapBank, normalizer: Normalizer | None = None, *,
-                 offroad_tol: float = 0.2, collision_area_tol: float = 1e-3,
-                 min_size: float = 0.1, check_offroad: bool = True):
+    def __init__(
+        self,
+        maps: MapBank,
+        normalizer: Normalizer | None = None,
+        *,
+        offroad_tol: float = 0.2,
+        collision_area_tol: float = 1e-3,
+        min_size: float = 0.1,
+        check_offroad: bool = True,
+    ):
         if offroad_tol < 0 or collision_area_tol < 0 or min_size < 0:
             raise ValueError("offroad_tol, collision_area_tol and min_size must be >= 0")
         self.maps = maps
@@ -89,8 +96,11 @@ class TrafficOracle(Oracle):
         flags = self.label_agents(x, cond)
         element_bad = flags["collision"] | flags["offroad"] | flags["degenerate"]
         cats = {k: torch.from_numpy(v.any(axis=1)) for k, v in flags.items()}
-        return OracleResult(valid=torch.from_numpy(~element_bad.any(axis=1)), categories=cats,
-                            element_valid=torch.from_numpy(~element_bad))
+        return OracleResult(
+            valid=torch.from_numpy(~element_bad.any(axis=1)),
+            categories=cats,
+            element_valid=torch.from_numpy(~element_bad),
+        )
 
     def label_agents(self, x: torch.Tensor, cond: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """Per-agent infraction flags (bool ``[B, N]`` numpy arrays) by category."""
@@ -105,15 +115,19 @@ class TrafficOracle(Oracle):
         bad_rows = ~np.isfinite(v).all(axis=2) & mask
         if bad_rows.any():
             scenes = np.nonzero(bad_rows.any(axis=1))[0]
-            raise ValueError(f"non-finite vehicle features in scene(s) {scenes[:10].tolist()} "
-                             f"({len(scenes)} in all); drop them before labelling")
+            raise ValueError(
+                f"non-finite vehicle features in scene(s) {scenes[:10].tolist()} "
+                f"({len(scenes)} in all); drop them before labelling"
+            )
         out = {c: np.zeros((B, N), bool) for c in CATEGORIES}
         bi, ai = np.nonzero(mask)
         if len(bi) == 0:
             return out
         a = v[bi, ai]
         cx, cy, length, width, cos, sin = (a[:, k] for k in range(6))
-        degenerate = (length < self.min_size) | (width < self.min_size) | (np.hypot(cos, sin) < 1e-6)
+        degenerate = (
+            (length < self.min_size) | (width < self.min_size) | (np.hypot(cos, sin) < 1e-6)
+        )
         out["degenerate"][bi, ai] = degenerate
         ok = ~degenerate
         bi, ai, cx, cy, length, width = bi[ok], ai[ok], cx[ok], cy[ok], length[ok], width[ok]
@@ -157,16 +171,27 @@ class TrafficOracle(Oracle):
         if map_id.shape != (B,):
             raise ValueError(f"cond['map_id'] has shape {map_id.shape}, expected ({B},)")
         if map_id.min() < 0 or map_id.max() >= len(self.maps):
-            raise ValueError(f"cond['map_id'] out of range [0, {len(self.maps)}): "
-                             f"min {map_id.min()}, max {map_id.max()}")
+            raise ValueError(
+                f"cond['map_id'] out of range [0, {len(self.maps)}): "
+                f"min {map_id.min()}, max {map_id.max()}"
+            )
         roads = self.maps.buffered(self.offroad_tol)[map_id[bi]]
         return ~shapely.covers(roads, rects)
 
 
-def traffic_oracle(dataset_dir: str, offroad_tol: float = 0.2, collision_area_tol: float = 1e-3,
-                   min_size: float = 0.1, check_offroad: bool = True) -> TrafficOracle:
+def traffic_oracle(
+    dataset_dir: str,
+    offroad_tol: float = 0.2,
+    collision_area_tol: float = 1e-3,
+    min_size: float = 0.1,
+    check_offroad: bool = True,
+) -> TrafficOracle:
     """Factory registered as oracle ``traffic``: the oracle of the dataset stored at
     ``dataset_dir`` (its maps and normalisation; see :mod:`genneg_traffic.dataset`)."""
     return TrafficOracle.from_dataset_dir(
-        dataset_dir, offroad_tol=offroad_tol, collision_area_tol=collision_area_tol,
-        min_size=min_size, check_offroad=check_offroad)
+        dataset_dir,
+        offroad_tol=offroad_tol,
+        collision_area_tol=collision_area_tol,
+        min_size=min_size,
+        check_offroad=check_offroad,
+    )

@@ -22,13 +22,23 @@ def _draw_map(ax, geom, half):
             continue
         rings = [np.asarray(poly.exterior.coords)] + [np.asarray(r.coords) for r in poly.interiors]
         verts = np.concatenate(rings)
-        codes = np.concatenate([[MPath.MOVETO] + [MPath.LINETO] * (len(r) - 2) + [MPath.CLOSEPOLY]
-                                for r in rings])
+        codes = np.concatenate(
+            [[MPath.MOVETO] + [MPath.LINETO] * (len(r) - 2) + [MPath.CLOSEPOLY] for r in rings]
+        )
         ax.add_patch(PathPatch(MPath(verts, codes), facecolor="#dddddd", edgecolor="none"))
 
 
-def plot_scenes(split, result, maps, normalizer, path, title, n: int = 12, half: float = 40.0,
-                agent_flags: dict | None = None):
+def plot_scenes(
+    split,
+    result,
+    maps,
+    normalizer,
+    path,
+    title,
+    n: int = 12,
+    half: float = 40.0,
+    agent_flags: dict | None = None,
+):
     """A grid of up to ``n`` scenes: road grey, valid vehicles blue, colliding red, offroad
     orange (by-agent labels when the result has them)."""
     import matplotlib
@@ -60,8 +70,11 @@ def plot_scenes(split, result, maps, normalizer, path, title, n: int = 12, half:
         ax.set_xlim(-half, half)
         ax.set_ylim(-half, half)
         ax.set_aspect("equal")
-        ax.set_title("valid" if bool(result.valid[k]) else "infraction", fontsize=8,
-                     color="k" if bool(result.valid[k]) else COLOURS["collision"])
+        ax.set_title(
+            "valid" if bool(result.valid[k]) else "infraction",
+            fontsize=8,
+            color="k" if bool(result.valid[k]) else COLOURS["collision"],
+        )
     fig.suptitle(title)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +82,9 @@ def plot_scenes(split, result, maps, normalizer, path, title, n: int = 12, half:
     plt.close(fig)
 
 
-def infraction_heatmap(panels: list[tuple[str, np.ndarray, int]], path, half: float = 40.0,
-                       bins: int = 16):
+def infraction_heatmap(
+    panels: list[tuple[str, np.ndarray, int]], path, half: float = 40.0, bins: int = 16
+):
     """Heat maps of infracting vehicles per unit area (per 100 m^2 per 1000 scenes) over the
     scene window, one panel per ``(title, centres [K, 2] of infracting vehicles, n_scenes)``."""
     import matplotlib
@@ -86,8 +100,9 @@ def infraction_heatmap(panels: list[tuple[str, np.ndarray, int]], path, half: fl
     vmax = max(float(h.max()) for h in hists) or 1.0
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
     for ax, (title, _, n), h in zip(axes.flat, panels, hists):
-        im = ax.imshow(h, origin="lower", extent=[-half, half, -half, half], vmin=0, vmax=vmax,
-                       cmap="magma")
+        im = ax.imshow(
+            h, origin="lower", extent=[-half, half, -half, half], vmin=0, vmax=vmax, cmap="magma"
+        )
         ax.set_title(f"{title}\n({n} scenes)", fontsize=9)
         ax.set_xlabel("x (m)")
     axes.flat[0].set_ylabel("y (m)")

@@ -13,17 +13,34 @@ from pathlib import Path
 
 import attrs
 
-from genneg.config import (ClassifierConfig, ComponentSpec, DistillConfig, EvalConfig,
-                           ProcessSpec, RunConfig, SamplingConfig, SynthConfig, TrainConfig)
+from genneg.config import (
+    ClassifierConfig,
+    ComponentSpec,
+    DistillConfig,
+    EvalConfig,
+    ProcessSpec,
+    RunConfig,
+    SamplingConfig,
+    SynthConfig,
+    TrainConfig,
+)
 
 DATA_ROOT = "~/.cache/genneg"
 
 
 def _data(name: str, source: str, window: dict, source_options: dict, data_root: str):
-    dataset = ComponentSpec(name="traffic", options={
-        "name": name, "source": source, "window": window, "source_options": source_options})
-    oracle = ComponentSpec(name="traffic", options={
-        "dataset_dir": str(Path(data_root) / "traffic" / name)})
+    dataset = ComponentSpec(
+        name="traffic",
+        options={
+            "name": name,
+            "source": source,
+            "window": window,
+            "source_options": source_options,
+        },
+    )
+    oracle = ComponentSpec(
+        name="traffic", options={"dataset_dir": str(Path(data_root) / "traffic" / name)}
+    )
     return dataset, oracle
 
 
@@ -33,12 +50,17 @@ def cpu_preset() -> RunConfig:
     classifier."""
     net = {"hidden": 64, "heads": 4, "layers": 2, "ff_mult": 2, "map_width": 16}
     window = {"max_agents": 12, "raster": 64}
-    dataset, oracle = _data("synthetic-cpu", "synthetic", window,
-                            {"cities": 5, "snapshots": 40}, DATA_ROOT)
+    dataset, oracle = _data(
+        "synthetic-cpu", "synthetic", window, {"cities": 5, "snapshots": 40}, DATA_ROOT
+    )
     return RunConfig(
-        name="traffic", data_root=DATA_ROOT, dataset=dataset, oracle=oracle,
-        process=ProcessSpec(kind="vp", options={"timesteps": 100, "schedule": "linear",
-                                                "prediction": "eps"}),
+        name="traffic",
+        data_root=DATA_ROOT,
+        dataset=dataset,
+        oracle=oracle,
+        process=ProcessSpec(
+            kind="vp", options={"timesteps": 100, "schedule": "linear", "prediction": "eps"}
+        ),
         denoiser=ComponentSpec(name="traffic", options=net),
         baseline=TrainConfig(steps=1000, batch_size=64, lr=1e-3, grad_clip=1.0, log_every=250),
         sampling=SamplingConfig(sampler="ddpm", steps=50, batch_size=500),
@@ -46,11 +68,12 @@ def cpu_preset() -> RunConfig:
         synth=SynthConfig(n_per_class=300, max_samples=3000, min_per_class=30),
         classifier=ClassifierConfig(
             network=ComponentSpec(name="traffic-agent", options=net),
-            train=TrainConfig(steps=300, batch_size=64, lr=1e-3, grad_clip=1.0, log_every=100)),
-        distill=DistillConfig(enabled=False,
-                              train=TrainConfig(steps=300, batch_size=64, lr=3e-4, log_every=100)),
-        eval=EvalConfig(n_samples=500, elbo_k=8, elbo_points=200, plot_samples=12,
-                        elbo="r-elbo"),
+            train=TrainConfig(steps=300, batch_size=64, lr=1e-3, grad_clip=1.0, log_every=100),
+        ),
+        distill=DistillConfig(
+            enabled=False, train=TrainConfig(steps=300, batch_size=64, lr=3e-4, log_every=100)
+        ),
+        eval=EvalConfig(n_samples=500, elbo_k=8, elbo_points=200, plot_samples=12, elbo="r-elbo"),
     )
 
 
@@ -62,24 +85,29 @@ def paper_preset() -> RunConfig:
     window = {"max_agents": 32, "raster": 128, "windows_per_snapshot": 16}
     dataset, oracle = _data("sumo-paper", "sumo", window, {"sim_seconds": 1200}, DATA_ROOT)
     return RunConfig(
-        name="traffic-paper", device="cuda", data_root=DATA_ROOT, dataset=dataset, oracle=oracle,
-        process=ProcessSpec(kind="vp", options={"timesteps": 1000, "schedule": "linear",
-                                                "prediction": "eps"}),
+        name="traffic-paper",
+        device="cuda",
+        data_root=DATA_ROOT,
+        dataset=dataset,
+        oracle=oracle,
+        process=ProcessSpec(
+            kind="vp", options={"timesteps": 1000, "schedule": "linear", "prediction": "eps"}
+        ),
         denoiser=ComponentSpec(name="traffic", options=net),
-        baseline=TrainConfig(steps=200_000, batch_size=64, lr=1e-4, grad_clip=1.0,
-                             log_every=1000),
+        baseline=TrainConfig(steps=200_000, batch_size=64, lr=1e-4, grad_clip=1.0, log_every=1000),
         sampling=SamplingConfig(sampler="ddpm", steps=0, batch_size=512),
         iterations=1,
         synth=SynthConfig(n_per_class=10_000, max_samples=200_000),
         classifier=ClassifierConfig(
             network=ComponentSpec(name="traffic-agent", options=net),
-            train=TrainConfig(steps=50_000, batch_size=64, lr=1e-4, grad_clip=1.0,
-                              log_every=1000)),
-        distill=DistillConfig(enabled=False,
-                              train=TrainConfig(steps=100_000, batch_size=64, lr=1e-4,
-                                                log_every=1000)),
-        eval=EvalConfig(n_samples=5000, elbo_k=32, elbo_points=1000, plot_samples=12,
-                        elbo="r-elbo"),
+            train=TrainConfig(steps=50_000, batch_size=64, lr=1e-4, grad_clip=1.0, log_every=1000),
+        ),
+        distill=DistillConfig(
+            enabled=False, train=TrainConfig(steps=100_000, batch_size=64, lr=1e-4, log_every=1000)
+        ),
+        eval=EvalConfig(
+            n_samples=5000, elbo_k=32, elbo_points=1000, plot_samples=12, elbo="r-elbo"
+        ),
     )
 
 
@@ -100,14 +128,21 @@ def variant(preset, suffix: str):
     def factory() -> RunConfig:
         cfg = preset()
         return attrs.evolve(
-            cfg, name=f"{cfg.name}-{suffix}", iterations=iterations,
-            classifier=attrs.evolve(cfg.classifier, weighting=weighting,
-                                    network=attrs.evolve(cfg.classifier.network, name=clf_name)),
+            cfg,
+            name=f"{cfg.name}-{suffix}",
+            iterations=iterations,
+            classifier=attrs.evolve(
+                cfg.classifier,
+                weighting=weighting,
+                network=attrs.evolve(cfg.classifier.network, name=clf_name),
+            ),
             distill=attrs.evolve(cfg.distill, enabled=distill),
         )
 
-    factory.__doc__ = (f"{preset.__name__} as Table 1's {suffix!r} row: {clf_name} classifier, "
-                       f"weighting {weighting!r}, {iterations} iteration(s), distill={distill}.")
+    factory.__doc__ = (
+        f"{preset.__name__} as Table 1's {suffix!r} row: {clf_name} classifier, "
+        f"weighting {weighting!r}, {iterations} iteration(s), distill={distill}."
+    )
     return factory
 
 

@@ -61,8 +61,9 @@ class SceneCutter:
         for snap in city.snapshots:
             if len(snap) < cfg.min_agents:
                 continue
-            picks = rng.choice(len(snap), size=min(cfg.windows_per_snapshot, len(snap)),
-                               replace=False)
+            picks = rng.choice(
+                len(snap), size=min(cfg.windows_per_snapshot, len(snap)), replace=False
+            )
             for p in picks:
                 key = (int(np.round(snap[p, 0] / cfg.snap)), int(np.round(snap[p, 1] / cfg.snap)))
                 cx, cy = key[0] * cfg.snap, key[1] * cfg.snap
@@ -104,5 +105,9 @@ class SceneCutter:
             x[s, :k, 5] = np.sin(agents[:, 4])
             x[s, :k, 6] = agents[:, 5]
             mask[s, :k] = True
-        return {"x": x, "mask": mask, "map_id": np.asarray(self.map_ids, np.int64),
-                "city": np.asarray(self.cities, np.int64)}
+        return {
+            "x": x,
+            "mask": mask,
+            "map_id": np.asarray(self.map_ids, np.int64),
+            "city": np.asarray(self.cities, np.int64),
+        }

@@ -40,12 +40,27 @@ SHIPPED = {
 }
 #: Seeded netgenerate networks: name -> netgenerate arguments.
 GENERATED = {
-    "grid": ["--grid", "--grid.number", "5", "--grid.length", "110",
-             "--default.lanenumber", "2"],
-    "spider": ["--spider", "--spider.arm-number", "7", "--spider.circle-number", "4",
-               "--spider.space-radius", "70", "--default.lanenumber", "2"],
-    "rand": ["--rand", "--rand.iterations", "120", "--rand.min-distance", "60",
-             "--default.lanenumber", "2"],
+    "grid": ["--grid", "--grid.number", "5", "--grid.length", "110", "--default.lanenumber", "2"],
+    "spider": [
+        "--spider",
+        "--spider.arm-number",
+        "7",
+        "--spider.circle-number",
+        "4",
+        "--spider.space-radius",
+        "70",
+        "--default.lanenumber",
+        "2",
+    ],
+    "rand": [
+        "--rand",
+        "--rand.iterations",
+        "120",
+        "--rand.min-distance",
+        "60",
+        "--default.lanenumber",
+        "2",
+    ],
 }
 
 
@@ -59,7 +74,8 @@ class SumoConfig:
 
     networks: tuple = attrs.field(
         default=("berlin", "a10kw", "braunschweig", "ingolstadt", "grid", "spider", "rand"),
-        converter=tuple)
+        converter=tuple,
+    )
     test_city: str = "braunschweig"
     sim_seconds: int = 900
     warmup: int = 200
@@ -73,8 +89,9 @@ def sumo_home() -> Path:
     try:
         import sumo
     except ImportError:
-        raise SumoNotInstalled("the SUMO data source needs eclipse-sumo: "
-                               "pip install 'genneg-traffic[sumo]'") from None
+        raise SumoNotInstalled(
+            "the SUMO data source needs eclipse-sumo: pip install 'genneg-traffic[sumo]'"
+        ) from None
     return Path(sumo.SUMO_HOME)
 
 
@@ -85,11 +102,14 @@ def _env(home: Path) -> dict:
 
 
 def _run(cmd, home, cwd):
-    res = subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(home), capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=_env(home), capture_output=True, text=True
+    )
     if res.returncode:
-        raise RuntimeError(f"{Path(str(cmd[0])).name} failed ({res.returncode}): "
-                           f"{(res.stderr or res.stdout)[-1500:]}")
+        raise RuntimeError(
+            f"{Path(str(cmd[0])).name} failed ({res.returncode}): "
+            f"{(res.stderr or res.stdout)[-1500:]}"
+        )
     return res
 
 
@@ -103,8 +123,17 @@ def vtype_file(path: Path, n: int, rng: np.random.Generator) -> dict[str, tuple[
     for i in range(n):
         tid = f"v{i}"
         sizes[tid] = (round(float(length[i]), 2), round(float(width[i]), 2))
-        ET.SubElement(dist, "vType", id=tid, vClass="passenger", length=str(sizes[tid][0]),
-                      width=str(sizes[tid][1]), minGap="2.0", sigma="0.5", probability="1")
+        ET.SubElement(
+            dist,
+            "vType",
+            id=tid,
+            vClass="passenger",
+            length=str(sizes[tid][0]),
+            width=str(sizes[tid][1]),
+            minGap="2.0",
+            sigma="0.5",
+            probability="1",
+        )
     ET.ElementTree(root).write(path)
     return sizes
 
@@ -144,8 +173,9 @@ def drivable_area(net_path) -> shapely.Geometry:
                 continue
             shape = lane.getShape()
             if len(shape) >= 2:
-                parts.append(shapely.LineString(shape).buffer(lane.getWidth() / 2,
-                                                              cap_style="flat"))
+                parts.append(
+                    shapely.LineString(shape).buffer(lane.getWidth() / 2, cap_style="flat")
+                )
     for node in net.getNodes():
         shape = node.getShape()
         if len(shape) >= 3:
@@ -163,28 +193,74 @@ def simulate(name: str, work: Path, cfg: SumoConfig, seed: int) -> City:
         net = home / SHIPPED[name]
     elif name in GENERATED:
         net = work / f"{name}.net.xml"
-        _run([home / "bin" / "netgenerate", *GENERATED[name], "--seed", seed, "-o", net],
-             home, work)
+        _run(
+            [home / "bin" / "netgenerate", *GENERATED[name], "--seed", seed, "-o", net], home, work
+        )
     else:
-        raise ValueError(f"unknown SUMO network {name!r}; shipped: {sorted(SHIPPED)}, "
-                         f"generated: {sorted(GENERATED)}")
+        raise ValueError(
+            f"unknown SUMO network {name!r}; shipped: {sorted(SHIPPED)}, "
+            f"generated: {sorted(GENERATED)}"
+        )
     sizes = vtype_file(work / "vtypes.add.xml", cfg.vtypes, rng)
-    _run([sys.executable, home / "tools" / "randomTrips.py", "-n", net, "-o",
-          work / "trips.xml", "--seed", seed, "-e", cfg.sim_seconds,
-          "--insertion-density", cfg.insertion_density, "--fringe-factor", "5",
-          "--trip-attributes", 'type="mix"'], home, work)
-    _run([home / "bin" / "sumo", "-n", net, "-a", work / "vtypes.add.xml",
-          "-r", work / "trips.xml", "--begin", 0, "--end", cfg.sim_seconds,
-          "--seed", seed, "--no-step-log", "--no-warnings", "--ignore-route-errors",
-          "--time-to-teleport", "-1", "--collision.action", "remove",
-          "--device.fcd.period", cfg.snapshot_every, "--fcd-output", work / "fcd.xml"],
-         home, work)
+    _run(
+        [
+            sys.executable,
+            home / "tools" / "randomTrips.py",
+            "-n",
+            net,
+            "-o",
+            work / "trips.xml",
+            "--seed",
+            seed,
+            "-e",
+            cfg.sim_seconds,
+            "--insertion-density",
+            cfg.insertion_density,
+            "--fringe-factor",
+            "5",
+            "--trip-attributes",
+            'type="mix"',
+        ],
+        home,
+        work,
+    )
+    _run(
+        [
+            home / "bin" / "sumo",
+            "-n",
+            net,
+            "-a",
+            work / "vtypes.add.xml",
+            "-r",
+            work / "trips.xml",
+            "--begin",
+            0,
+            "--end",
+            cfg.sim_seconds,
+            "--seed",
+            seed,
+            "--no-step-log",
+            "--no-warnings",
+            "--ignore-route-errors",
+            "--time-to-teleport",
+            "-1",
+            "--collision.action",
+            "remove",
+            "--device.fcd.period",
+            cfg.snapshot_every,
+            "--fcd-output",
+            work / "fcd.xml",
+        ],
+        home,
+        work,
+    )
     snaps = fcd_to_vehicles(work / "fcd.xml", sizes, cfg.warmup)
     return City(name=name, drivable=drivable_area(net), snapshots=snaps)
 
 
-def sumo_cities(cfg: SumoConfig, seed: int, progress: bool = True, log=print,
-                workdir: str | None = None) -> list[City]:
+def sumo_cities(
+    cfg: SumoConfig, seed: int, progress: bool = True, log=print, workdir: str | None = None
+) -> list[City]:
     """Simulate every network of ``cfg`` (``cfg.workers`` in parallel), deterministic for
     ``seed``."""
     sumo_home()
@@ -194,12 +270,13 @@ def sumo_cities(cfg: SumoConfig, seed: int, progress: bool = True, log=print,
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-            futures = {n: pool.submit(simulate, n, Path(tmp) / n, cfg, seed)
-                       for n in cfg.networks}
+            futures = {n: pool.submit(simulate, n, Path(tmp) / n, cfg, seed) for n in cfg.networks}
             cities = []
             for name in tqdm(cfg.networks, desc="SUMO networks", disable=not progress):
                 city = futures[name].result()
-                log(f"{name}: {len(city.snapshots)} snapshots, "
-                    f"{sum(len(s) for s in city.snapshots)} vehicle states")
+                log(
+                    f"{name}: {len(city.snapshots)} snapshots, "
+                    f"{sum(len(s) for s in city.snapshots)} vehicle states"
+                )
                 cities.append(city)
     return cities

@@ -41,11 +41,15 @@ def _roads(rng, extent):
         d = np.array([np.cos(angle), np.sin(angle)])
         n = np.array([-d[1], d[0]])
         c = n * rng.uniform(-0.6 * half, 0.6 * half)
-        roads.append((shapely.LineString([c - 1.5 * half * d, c + 1.5 * half * d]),
-                      int(rng.integers(1, 3))))
+        roads.append(
+            (shapely.LineString([c - 1.5 * half * d, c + 1.5 * half * d]), int(rng.integers(1, 3)))
+        )
     if rng.random() < 0.5:
-        ring = shapely.Point(rng.uniform(-0.3 * half, 0.3 * half, 2)).buffer(
-            rng.uniform(0.3 * half, 0.6 * half), quad_segs=16).exterior
+        ring = (
+            shapely.Point(rng.uniform(-0.3 * half, 0.3 * half, 2))
+            .buffer(rng.uniform(0.3 * half, 0.6 * half), quad_segs=16)
+            .exterior
+        )
         roads.append((shapely.LineString(ring.coords), 1))
     return roads
 
@@ -112,8 +116,9 @@ def synthetic_cities(cfg: SyntheticConfig, seed: int, progress: bool = False) ->
     for c in tqdm(range(cfg.cities), desc="synthetic cities", disable=not progress):
         rng = np.random.default_rng([seed, c])
         roads = _roads(rng, cfg.extent)
-        drivable = shapely.union_all([
-            line.buffer(lanes * LANE_WIDTH, cap_style="flat") for line, lanes in roads])
+        drivable = shapely.union_all(
+            [line.buffer(lanes * LANE_WIDTH, cap_style="flat") for line, lanes in roads]
+        )
         half = cfg.extent / 2
         drivable = shapely.intersection(drivable, shapely.box(-half, -half, half, half))
         density = rng.uniform(4.0, 20.0)

@@ -66,23 +66,36 @@ def _pm(value, se, digits=2):
 
 def format_table(out: Path) -> str:
     """The Table 1 markdown from the runs under ``out``."""
-    lines = ["| method | collision (%) | offroad (%) | infraction (%) | r-ELBO (nats/dim) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| method | collision (%) | offroad (%) | infraction (%) | r-ELBO (nats/dim) |",
+        "|---|---|---|---|---|",
+    ]
     for label, run, stage in ROWS:
         rec = _eval_rows(out / run).get(stage)
         if rec is None:
             continue
         cats = rec.get("categories", {})
         col, off = cats.get("collision", {}), cats.get("offroad", {})
-        lines.append(f"| {label} | {_pm(col.get('rate'), col.get('se', 0))} | "
-                     f"{_pm(off.get('rate'), off.get('se', 0))} | "
-                     f"{_pm(rec['infraction'], rec['infraction_se'])} | "
-                     f"{_pm(rec['elbo'], rec['elbo_se'], 3)} |")
+        lines.append(
+            f"| {label} | {_pm(col.get('rate'), col.get('se', 0))} | "
+            f"{_pm(off.get('rate'), off.get('se', 0))} | "
+            f"{_pm(rec['infraction'], rec['infraction_se'])} | "
+            f"{_pm(rec['elbo'], rec['elbo_se'], 3)} |"
+        )
     return "\n".join(lines)
 
 
-def run_table(preset: str, out: str, *, assignments=(), resume=False, rows=None, progress=True,
-              log=print, figures=True) -> str:
+def run_table(
+    preset: str,
+    out: str,
+    *,
+    assignments=(),
+    resume=False,
+    rows=None,
+    progress=True,
+    log=print,
+    figures=True,
+) -> str:
     """Run the baseline and the Table 1 variants of ``preset`` (skipping finished runs) and
     write ``table.md``, ``fig1.png`` and ``heatmap.png`` under ``out``."""
     from genneg.engine.runner import run
@@ -90,20 +103,24 @@ def run_table(preset: str, out: str, *, assignments=(), resume=False, rows=None,
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     base_cfg = _cfg(preset, assignments)
-    base_cfg = attrs.evolve(base_cfg, name=f"{base_cfg.name}-baseline", iterations=0,
-                            distill=attrs.evolve(base_cfg.distill, enabled=False))
+    base_cfg = attrs.evolve(
+        base_cfg,
+        name=f"{base_cfg.name}-baseline",
+        iterations=0,
+        distill=attrs.evolve(base_cfg.distill, enabled=False),
+    )
     _run_once(run, base_cfg, out_p / "baseline", resume, progress, log)
     for suffix in rows or list(VARIANTS):
         if suffix not in VARIANTS:
             raise ValueError(f"unknown Table 1 row {suffix!r}; choose from {list(VARIANTS)}")
-        cfg = attrs.evolve(_cfg(f"{preset}-{suffix}", assignments),
-                           baseline_from=str(out_p / "baseline"))
+        cfg = attrs.evolve(
+            _cfg(f"{preset}-{suffix}", assignments), baseline_from=str(out_p / "baseline")
+        )
         _run_once(run, cfg, out_p / suffix, resume, progress, log)
     text = format_table(out_p)
     (out_p / "table.md").write_text(text + "\n")
     if figures:
-        final = next(((r, s) for _, r, s in reversed(ROWS)
-                      if s in _eval_rows(out_p / r)), None)
+        final = next(((r, s) for _, r, s in reversed(ROWS) if s in _eval_rows(out_p / r)), None)
         if final is not None and final[0] != "baseline":
             before_after_figures(out_p, final[0], final[1], log=log)
     return text
@@ -133,12 +150,16 @@ def _stage_model(run_dir: Path, stage: str):
         return exp, exp.base
     if stage == "distill":
         student = build.make_denoiser(exp.registry, cfg.denoiser, exp.process)
-        student.load_state_dict(load_checkpoint(run_dir / "ckpt" / "distill.pt")["modules"]["denoiser"])
+        student.load_state_dict(
+            load_checkpoint(run_dir / "ckpt" / "distill.pt")["modules"]["denoiser"]
+        )
         return exp, student.eval().requires_grad_(False)
     clfs = []
     for i in range(1, int(stage[4:]) + 1):
         clf = exp.new_classifier()
-        clf.load_state_dict(load_checkpoint(run_dir / "ckpt" / f"iter{i}.pt")["modules"]["classifier"])
+        clf.load_state_dict(
+            load_checkpoint(run_dir / "ckpt" / f"iter{i}.pt")["modules"]["classifier"]
+        )
         clfs.append(clf.eval().requires_grad_(False))
     return exp, exp.guided(clfs)
 
@@ -150,17 +171,25 @@ def before_after_figures(out: Path, run: str, stage: str, n: int | None = None, 
     from genneg_traffic.plots import infraction_heatmap, plot_scenes
 
     panels = []
-    for label, run_dir, st in (("baseline", out / "baseline", "baseline"),
-                               (f"{run} / {stage}", out / run, stage)):
+    for label, run_dir, st in (
+        ("baseline", out / "baseline", "baseline"),
+        (f"{run} / {stage}", out / run, stage),
+    ):
         exp, model = _stage_model(run_dir, st)
         k = n or exp.cfg.eval.n_samples
         gen = torch.Generator().manual_seed(1234)  # same conditions for both models
         samples = exp.sampler.sample(model, k, gen)
         finite, part, result = label_batch(exp.oracle, exp.cfg.oracle.name, samples)
         ds = exp.dataset
-        plot_scenes(part, result, ds.maps, ds.normalizer,
-                    out / f"fig1_{'before' if st == 'baseline' else 'after'}.png",
-                    f"{label}: infraction {100 * (1 - result.valid.float().mean()):.1f} %", n=8)
+        plot_scenes(
+            part,
+            result,
+            ds.maps,
+            ds.normalizer,
+            out / f"fig1_{'before' if st == 'baseline' else 'after'}.png",
+            f"{label}: infraction {100 * (1 - result.valid.float().mean()):.1f} %",
+            n=8,
+        )
         x = ds.normalizer.denormalize(part.x.double().numpy())
         bad = (~result.element_valid.numpy()) & part.cond["mask"].numpy()
         panels.append((label, x[bad][:, :2], len(part)))

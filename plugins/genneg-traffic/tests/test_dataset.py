@@ -3,12 +3,14 @@
 import json
 
 import torch
-
 from genneg_traffic.dataset import TrafficDataset
 from genneg_traffic.oracle import traffic_oracle
 
-OPTS = dict(source="synthetic", window={"max_agents": 8, "raster": 32, "windows_per_snapshot": 4},
-            source_options={"cities": 3, "snapshots": 6, "extent": 200.0})
+OPTS = dict(
+    source="synthetic",
+    window={"max_agents": 8, "raster": 32, "windows_per_snapshot": 4},
+    source_options={"cities": 3, "snapshots": 6, "extent": 200.0},
+)
 
 
 def test_build_load_and_label(tmp_path):
@@ -16,7 +18,8 @@ def test_build_load_and_label(tmp_path):
     splits = ds.load(str(tmp_path), torch.Generator().manual_seed(0))
     meta = json.loads((tmp_path / "traffic" / "tiny" / "meta.json").read_text())
     assert meta["test_city"] == "synthetic-2" and meta["n_scenes"] == sum(
-        len(getattr(splits, s)) for s in ("train", "val", "test"))
+        len(getattr(splits, s)) for s in ("train", "val", "test")
+    )
     tr = splits.train
     assert tr.x.shape[1:] == (8, 7) and tr.cond["mask"].dtype == torch.bool
     assert tr.cond["map"].shape[1:] == (1, 32, 32) and tr.cond["map"].dtype == torch.uint8
@@ -29,7 +32,9 @@ def test_build_load_and_label(tmp_path):
         res = oracle.label(split.x, split.cond)
         assert res.valid.float().mean() > 0.97  # the data is (almost) infraction-free
     # deterministic for a seed: a second build gives the same scenes
-    again = TrafficDataset(name="tiny2", **OPTS).load(str(tmp_path), torch.Generator().manual_seed(0))
+    again = TrafficDataset(name="tiny2", **OPTS).load(
+        str(tmp_path), torch.Generator().manual_seed(0)
+    )
     assert torch.equal(again.train.x, splits.train.x)
 
 

@@ -27,15 +27,29 @@ def test_tiny_table(tmp_path):
         f"data_root={str(root)!r}".replace("'", '"'),
         f'oracle.options.dataset_dir="{root}/traffic/tiny"',
         'dataset.options.name="tiny"',
-        'dataset.options.source_options={cities = 3, snapshots = 4, extent = 160.0}',
-        'dataset.options.window={max_agents = 4, raster = 32}',
-        'denoiser.options={hidden = 16, heads = 2, layers = 1, ff_mult = 1, map_width = 4}',
-        'classifier.network.options={hidden = 16, heads = 2, layers = 1, ff_mult = 1, map_width = 4}',
-        "baseline.steps=40", "classifier.train.steps=5", "distill.train.steps=5",
-        "sampling.steps=10", "synth.n_per_class=8", "synth.max_samples=200",
-        "synth.min_per_class=1", "eval.n_samples=40", "eval.elbo_points=20", "eval.elbo_k=2",
+        "dataset.options.source_options={cities = 3, snapshots = 4, extent = 160.0}",
+        "dataset.options.window={max_agents = 4, raster = 32}",
+        "denoiser.options={hidden = 16, heads = 2, layers = 1, ff_mult = 1, map_width = 4}",
+        "classifier.network.options="
+        "{hidden = 16, heads = 2, layers = 1, ff_mult = 1, map_width = 4}",
+        "baseline.steps=40",
+        "classifier.train.steps=5",
+        "distill.train.steps=5",
+        "sampling.steps=10",
+        "synth.n_per_class=8",
+        "synth.max_samples=200",
+        "synth.min_per_class=1",
+        "eval.n_samples=40",
+        "eval.elbo_points=20",
+        "eval.elbo_k=2",
     ]
-    text = run_table("traffic", str(tmp_path / "runs"), assignments=sets, rows=["agent"],
-                     progress=False, log=lambda *a: None)
+    text = run_table(
+        "traffic",
+        str(tmp_path / "runs"),
+        assignments=sets,
+        rows=["agent"],
+        progress=False,
+        log=lambda *a: None,
+    )
     assert "baseline DM" in text
     assert (tmp_path / "runs" / "table.md").exists()

@@ -4,9 +4,7 @@ import math
 
 import pytest
 import torch
-
-from genneg_traffic.network import (RPESelfAttention, TrafficClassifier, TrafficDenoiser,
-                                    sinusoidal)
+from genneg_traffic.network import RPESelfAttention, TrafficClassifier, TrafficDenoiser, sinusoidal
 
 SMALL = dict(hidden=32, heads=4, layers=2, ff_mult=2, map_width=8)
 
@@ -48,15 +46,22 @@ def test_rpe_attention_matches_a_loop_over_eqs_35_36():
                 e = torch.stack(e)
                 e[~mask[b]] = -math.inf
                 alpha = torch.softmax(e, 0)
-                out = sum(alpha[j] * ((Wv @ x[b, j] + bv)[s] + (Uv @ p[b, i, j])[s])  # Eq. (35)
-                          for j in range(A))
+                out = sum(
+                    alpha[j] * ((Wv @ x[b, j] + bv)[s] + (Uv @ p[b, i, j])[s])  # Eq. (35)
+                    for j in range(A)
+                )
                 want[b, i, s] = out
     assert torch.allclose(got, want, atol=1e-10)
 
 
-@pytest.mark.parametrize("make", [lambda: TrafficDenoiser(**SMALL),
-                                  lambda: TrafficClassifier("element", **SMALL),
-                                  lambda: TrafficClassifier("sample", **SMALL)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: TrafficDenoiser(**SMALL),
+        lambda: TrafficClassifier("element", **SMALL),
+        lambda: TrafficClassifier("sample", **SMALL),
+    ],
+)
 def test_permutation_equivariance(make):
     torch.manual_seed(1)
     net = make().eval()

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import shapely
 import torch
-
-from genneg.components import validate_oracle_result
 from genneg_traffic.features import Normalizer, front_to_centre, navigational_to_math
 from genneg_traffic.maps import MapBank
 from genneg_traffic.oracle import CATEGORIES, TrafficOracle
+
+from genneg.components import validate_oracle_result
 
 ROAD = shapely.box(-40, -5, 40, 5)  # a 10 m wide straight road along x
 OPEN = shapely.box(-60, -60, 60, 60)  # everything drivable
@@ -45,9 +45,14 @@ def run(oracle, rows, map_id=0):
 
 
 def test_touching_is_not_collision(oracle):
-    r = run(oracle, [[car(0, 0), car(4, 0)],  # shared edge x = 2
-                     [car(0, 0), car(4, 2)],  # shared corner
-                     [car(0, 0), car(3, 0, heading=math.pi / 2)]])  # rotated, shared edge
+    r = run(
+        oracle,
+        [
+            [car(0, 0), car(4, 0)],  # shared edge x = 2
+            [car(0, 0), car(4, 2)],  # shared corner
+            [car(0, 0), car(3, 0, heading=math.pi / 2)],
+        ],
+    )  # rotated, shared edge
     assert not r.categories["collision"].any()
     assert r.valid.all()
 
@@ -79,8 +84,7 @@ def test_only_the_colliding_pair_is_flagged(oracle):
 
 
 def test_offroad_half_off_and_tolerance(oracle):
-    r = run(oracle, [[car(0, 5)], [car(0, 4.1)], [car(0, 4.5)], [car(0, 0, heading=1.0)]],
-            map_id=1)
+    r = run(oracle, [[car(0, 5)], [car(0, 4.1)], [car(0, 4.5)], [car(0, 0, heading=1.0)]], map_id=1)
     # half off; 0.1 m out (< 0.2 m tolerance); 0.5 m out; rotated 57 deg: corners reach
     # |y| = 2 sin(1) + 1 cos(1) = 2.22 < 5 -> on road
     assert r.categories["offroad"].tolist() == [True, False, True, False]
@@ -99,8 +103,10 @@ def test_padding_is_ignored(oracle):
 
 
 def test_degenerate_is_labelled_not_crashing(oracle):
-    r = run(oracle, [[car(0, 0, width=-1.0), car(0, 0)], [car(0, 0, length=0.0)],
-                     [[0, 0, 4, 2, 0.0, 0.0, 0]]])
+    r = run(
+        oracle,
+        [[car(0, 0, width=-1.0), car(0, 0)], [car(0, 0, length=0.0)], [[0, 0, 4, 2, 0.0, 0.0, 0]]],
+    )
     assert r.categories["degenerate"].all()
     assert not r.categories["collision"].any()  # degenerate agents are left out of collision
     assert r.element_valid[0].tolist()[:2] == [False, True]

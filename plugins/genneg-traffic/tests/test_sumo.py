@@ -6,7 +6,6 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import torch
-
 from genneg_traffic.maps import MapBank
 from genneg_traffic.oracle import TrafficOracle
 from genneg_traffic.scenes import SceneCutter, WindowConfig
@@ -36,27 +35,37 @@ def test_fcd_front_bumper_to_centre(tmp_path):
     r = 3 / math.sqrt(2)
     assert c[:2] == pytest.approx([1 + r, 1 + r], abs=1e-9)
     assert math.cos(c[4]) == pytest.approx(-math.sqrt(0.5)) and math.sin(c[4]) == pytest.approx(
-        -math.sqrt(0.5))
+        -math.sqrt(0.5)
+    )
 
 
 @pytest.mark.sumo
 def test_tiny_sumo_run(tmp_path):
     pytest.importorskip("sumo")
+    import sys
+
     from genneg_traffic.sumo import simulate, sumo_home
 
-    import sys
     sys.path.append(str(sumo_home() / "tools"))
     import sumolib
 
-    cfg = SumoConfig(networks=("grid",), test_city="grid", sim_seconds=150, warmup=60,
-                     snapshot_every=10, insertion_density=60)
+    cfg = SumoConfig(
+        networks=("grid",),
+        test_city="grid",
+        sim_seconds=150,
+        warmup=60,
+        snapshot_every=10,
+        insertion_density=60,
+    )
     city = simulate("grid", tmp_path / "grid", cfg, seed=3)
     assert len(city.snapshots) == 9 and sum(len(s) for s in city.snapshots) > 50
     # front bumper -> centre: the centre sits half a length back along the lane (SUMO's `pos`
     # is the front's lane offset); check every vehicle on a straight stretch of a normal lane
     net = sumolib.net.readNet(str(tmp_path / "grid" / "grid.net.xml"), withInternal=True)
-    types = {v.get("id"): (float(v.get("length")), float(v.get("width")))
-             for v in ET.parse(tmp_path / "grid" / "vtypes.add.xml").iter("vType")}
+    types = {
+        v.get("id"): (float(v.get("length")), float(v.get("width")))
+        for v in ET.parse(tmp_path / "grid" / "vtypes.add.xml").iter("vType")
+    }
     checked = 0
     last = list(ET.parse(tmp_path / "grid" / "fcd.xml").iter("timestep"))[-1]
     centres = {tuple(np.round(row[:2], 6)) for row in city.snapshots[-1]}
@@ -76,8 +85,9 @@ def test_tiny_sumo_run(tmp_path):
     cutter.add_city(city, np.random.default_rng(0))
     arr = cutter.arrays()
     res = TrafficOracle(MapBank(cutter.maps)).label(
-        torch.from_numpy(arr["x"]), {"mask": torch.from_numpy(arr["mask"]),
-                                     "map_id": torch.from_numpy(arr["map_id"])})
+        torch.from_numpy(arr["x"]),
+        {"mask": torch.from_numpy(arr["mask"]), "map_id": torch.from_numpy(arr["map_id"])},
+    )
     assert len(arr["x"]) > 10
     assert res.categories["offroad"].float().mean() < 0.02
     assert res.categories["collision"].float().mean() < 0.05
