@@ -17,7 +17,8 @@ A dataset directory holds (bring your own data by writing these four files):
 
 :meth:`TrafficDataset.load` splits the scenes of the held-out city off as ``test`` and the
 others at random into ``train`` and ``val``; ``x`` is standardised with the stored statistics
-and ``cond`` holds ``mask``, ``map_id`` and ``map`` (uint8 ``[B, 1, R, R]``).
+and ``cond`` holds ``mask``, ``map_id``, ``map`` (uint8 ``[B, 1, R, R]``) and ``map_frame``
+(float ``[B, 4]``, model-unit positions -> raster coordinates; :func:`map_frame`).
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ class TrafficDataset(Dataset):
                 "mask": scenes["mask"],
                 "map_id": scenes["map_id"],
                 "map": rasters[scenes["map_id"]][:, None],
+                "map_frame": map_frame(self.normalizer, self.meta["window"]).expand(len(x), 4),
             },
         )
         test_idx = self.meta["cities"].index(self.meta["test_city"])
@@ -234,3 +236,14 @@ class TrafficDataset(Dataset):
         from genneg_traffic.plots import plot_scenes
 
         plot_scenes(split, result, self.maps, self.normalizer, path, title)
+
+
+def map_frame(normalizer: Normalizer, window: float) -> torch.Tensor:
+    """``[1, 4]`` = ``(a_x, b_x, a_y, b_y)``: the affine map from model-unit positions to the
+    raster's ``grid_sample`` coordinates, ``u = a_x x + b_x`` (-1 = left edge, +1 = right) and
+    ``v = a_y y + b_y`` (-1 = top row = largest y). The raster spans ``[-window/2, window/2]^2``
+    metres (:func:`genneg_traffic.maps.rasterize`)."""
+    half = window / 2
+    (mx, my), (sx, sy) = normalizer.mean[:2], normalizer.std[:2]
+    return torch.tensor([[sx / half, mx / half, -sy / half, -my / half]], dtype=torch.float32)
+

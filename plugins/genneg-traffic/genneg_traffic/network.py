@@ -8,7 +8,9 @@
   ``d_ij`` are embedded sinusoidally, the time embedding is added (``p_ij``), and
   ``e_ij = (q_i.k_j + pQ_ij.k_j + q_i.pK_ij) / sqrt(d)``, ``out_i = sum_j a_ij (v_j + pV_ij)``.
 * Map: a CNN (stride-2 convolutions + a 1x1 feed-forward) turns the ``[1, R, R]`` drivable-area
-  raster into ``(R/8)^2`` tokens with a 2-D sinusoidal positional encoding.
+  raster into ``(R/8)^2`` tokens with a 2-D sinusoidal positional encoding. In addition to
+  App. B.2, each agent's embedding gets a ``k x k`` patch of the raster read at its own position
+  (:class:`LocalMap`), so that lane-level placement does not hinge on 8-pixel tokens.
 * Decoders: a 2-layer MLP to 7 features (denoiser, epsilon-prediction), to 1 logit per agent
   (by-agent classifier), or -- for the by-scene classifier -- a masked mean over agents followed
   by an MLP. (The paper's by-scene head reads the first agent's row; the mean keeps the head
@@ -125,6 +127,41 @@ class MapEncoder(nn.Module):
         return m.flatten(2).transpose(1, 2) + pos.reshape(h * w, H)
 
 
+class LocalMap(nn.Module):
+    """The road around each agent: a ``k x k`` patch of the raster, one point per pixel,
+    centred on the agent's (noisy) position and read by bilinear interpolation
+    (``grid_sample``), embedded by an MLP into ``H``. An addition to App. B.2: the map tokens
+    of the cross-attention are 8 pixels wide (10 m at the CPU preset's resolution), too coarse
+    to keep a car inside a 3.2 m lane; the patch gives each agent the road at its own position
+    at the raster's resolution, for ``k^2`` reads per agent. Needs ``cond["map_frame"]`` (model
+    units -> raster coordinates, :func:`genneg_traffic.dataset.map_frame`); without it the
+    agents get no patch."""
+
+    def __init__(self, hidden: int, size: int = 7):
+        super().__init__()
+        self.size = size
+        self.proj = mlp(size * size, hidden, hidden)
+
+    def forward(self, x_in: torch.Tensor, raster: torch.Tensor, frame: torch.Tensor):
+        """``[B, A, H]``: the embedded patch under each agent's position ``x_in[..., :2]``."""
+        return self.proj(self.patch(x_in, raster, frame))
+
+    def patch(self, x_in: torch.Tensor, raster: torch.Tensor, frame: torch.Tensor):
+        """``[B, A, k*k]``: the raster (drivable +1, not drivable -1, outside 0) at the ``k x k``
+        pixel-spaced points centred on each agent, row-major from the top-left point."""
+        R = raster.shape[-1]
+        a_x, b_x, a_y, b_y = frame.to(x_in.dtype).unbind(-1)[:4]  # [B] each
+        u = a_x[:, None] * x_in[..., 0] + b_x[:, None]  # [B, A], -1 = left edge
+        v = a_y[:, None] * x_in[..., 1] + b_y[:, None]  # [B, A], -1 = top row
+        k = torch.arange(self.size, device=x_in.device, dtype=x_in.dtype) - (self.size - 1) / 2
+        du, dv = torch.meshgrid(2 * k / R, 2 * k / R, indexing="xy")  # one pixel apart
+        grid = torch.stack(
+            [u[..., None] + du.reshape(-1), v[..., None] + dv.reshape(-1)], dim=-1
+        )  # [B, A, k*k, 2]
+        img = raster.to(x_in.dtype) * 2 - 1  # {0, 1} -> {-1, 1}; outside the raster: 0
+        return F.grid_sample(img, grid, align_corners=False, padding_mode="zeros")[:, 0]
+
+
 class Block(nn.Module):
     """One backbone pair: RPE self-attention + FF, map cross-attention + FF (pre-LN)."""
 
@@ -156,6 +193,7 @@ class TrafficBackbone(nn.Module):
         ff_mult: int = 2,
         map_width: int = 32,
         distance_scale: float = 100.0,
+        local_map: int = 7,
     ):
         super().__init__()
         self.hidden = hidden
@@ -163,6 +201,7 @@ class TrafficBackbone(nn.Module):
         self.embed = mlp(N_FEATURES, hidden, hidden)
         self.time = mlp(hidden, hidden, hidden)
         self.map = MapEncoder(hidden, width=map_width)
+        self.local = LocalMap(hidden, local_map) if local_map else None
         self.blocks = nn.ModuleList(Block(hidden, heads, ff_mult) for _ in range(layers))
 
     def pair_encoding(self, x_in: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -172,14 +211,17 @@ class TrafficBackbone(nn.Module):
         d = torch.sqrt(((pos[:, :, None] - pos[:, None, :]) ** 2).sum(-1) + 1e-12)
         return sinusoidal(d * self.distance_scale, self.hidden) + temb[:, None, None, :]
 
-    def forward(self, x_in, c_noise, mask=None, map=None):
+    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None):
         B, A, _ = x_in.shape
         if mask is None:
             mask = torch.ones(B, A, dtype=torch.bool, device=x_in.device)
         if map is None:
             raise ValueError("the traffic network needs cond['map'] (the rasterised road)")
         temb = self.time(sinusoidal(c_noise.reshape(B).to(x_in.device), self.hidden))
-        h = (self.embed(x_in) + temb[:, None, :]) * mask[..., None]
+        h = self.embed(x_in) + temb[:, None, :]
+        if self.local is not None and map_frame is not None:
+            h = h + self.local(x_in, map, map_frame)
+        h = h * mask[..., None]
         p = self.pair_encoding(x_in, temb)
         tokens = self.map(map)
         for block in self.blocks:
@@ -191,7 +233,8 @@ class TrafficDenoiser(nn.Module):
     """The DDPM network (epsilon-prediction): ``forward(x_in, c_noise, **cond)`` -> ``[B, A, 7]``.
 
     Options: ``hidden`` (H), ``heads``, ``layers`` (self/cross pairs), ``ff_mult``,
-    ``map_width`` (CNN channels), ``distance_scale`` (RPE frequency scale).
+    ``map_width`` (CNN channels), ``distance_scale`` (RPE frequency scale), ``local_map``
+    (side of the road patch read at each agent's position, :class:`LocalMap`; 0 = none).
     """
 
     def __init__(self, **options):
@@ -200,10 +243,10 @@ class TrafficDenoiser(nn.Module):
         h = self.backbone.hidden
         self.head = nn.Sequential(nn.LayerNorm(h), mlp(h, h, N_FEATURES))
 
-    def forward(self, x_in, c_noise, mask=None, map=None, **_):
+    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **_):
         if mask is None:
             mask = torch.ones(x_in.shape[:2], dtype=torch.bool, device=x_in.device)
-        h = self.backbone(x_in, c_noise, mask, map)
+        h = self.backbone(x_in, c_noise, mask, map, map_frame)
         return self.head(h) * mask[..., None]
 
 
@@ -222,10 +265,10 @@ class TrafficClassifier(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(h), mlp(h, h, 1 if granularity == "element" else h))
         self.scene_head = mlp(h, h, 1) if granularity == "sample" else None
 
-    def forward(self, x_in, c_noise, mask=None, map=None, **_):
+    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **_):
         if mask is None:
             mask = torch.ones(x_in.shape[:2], dtype=torch.bool, device=x_in.device)
-        h = self.head(self.backbone(x_in, c_noise, mask, map))
+        h = self.head(self.backbone(x_in, c_noise, mask, map, map_frame))
         if self.granularity == "element":
             return h.squeeze(-1) * mask
         m = mask[..., None].to(h.dtype)

@@ -28,6 +28,10 @@ class SyntheticConfig:
     cities: int = 4
     snapshots: int = 40
     extent: float = 300.0  # side of each city's square, metres
+    #: bumper-to-bumper gap between consecutive vehicles of a lane: ``min_gap`` plus an
+    #: exponential whose mean (a city's traffic density) is drawn from ``mean_gap``, metres
+    min_gap: float = 1.5
+    mean_gap: tuple[float, float] = attrs.field(default=(4.0, 20.0), converter=tuple)
 
 
 def _roads(rng, extent):
@@ -54,7 +58,7 @@ def _roads(rng, extent):
     return roads
 
 
-def _place(rng, roads, density):
+def _place(rng, roads, density, min_gap):
     """One snapshot: vehicles [M, 6] along every lane of every road."""
     rows = []
     for line, lanes in roads:
@@ -67,7 +71,7 @@ def _place(rng, roads, density):
                 s, pos = rng.uniform(0, 20), []
                 while True:
                     length, width = sample_sizes(rng, 1)
-                    gap = 1.5 + rng.exponential(density)
+                    gap = min_gap + rng.exponential(density)
                     s += gap + length[0] / 2
                     if s + length[0] / 2 > total:
                         break
@@ -121,12 +125,12 @@ def synthetic_cities(cfg: SyntheticConfig, seed: int, progress: bool = False) ->
         )
         half = cfg.extent / 2
         drivable = shapely.intersection(drivable, shapely.box(-half, -half, half, half))
-        density = rng.uniform(4.0, 20.0)
+        density = rng.uniform(*cfg.mean_gap)
         road = shapely.buffer(drivable, 0.05)
         shapely.prepare(road)
         snaps = []
         for _ in range(cfg.snapshots):
-            v = _remove_infractions(_place(rng, roads, density), road)
+            v = _remove_infractions(_place(rng, roads, density, cfg.min_gap), road)
             inside = (np.abs(v[:, :2]) < half - 5).all(axis=1)
             snaps.append(v[inside])
         cities.append(City(name=f"synthetic-{c}", drivable=drivable, snapshots=snaps))

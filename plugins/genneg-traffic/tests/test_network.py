@@ -20,6 +20,11 @@ def batch(B=3, A=5, R=16, seed=0):
     return x, t, mask, raster
 
 
+def frame(B=3, scale=0.5):
+    """A ``map_frame``: model units -> raster coordinates (positions in [-2, 2] -> [-1, 1])."""
+    return torch.tensor([[scale, 0.0, -scale, 0.0]]).expand(B, 4)
+
+
 def test_rpe_attention_matches_a_loop_over_eqs_35_36():
     torch.manual_seed(0)
     att = RPESelfAttention(hidden=8, heads=2).double()
@@ -68,8 +73,8 @@ def test_permutation_equivariance(make):
     x, t, _, raster = batch()
     mask = torch.ones(3, 5, dtype=torch.bool)
     perm = torch.tensor([3, 0, 4, 1, 2])
-    out = net(x, t, mask=mask, map=raster)
-    out_p = net(x[:, perm], t, mask=mask[:, perm], map=raster)
+    out = net(x, t, mask=mask, map=raster, map_frame=frame())
+    out_p = net(x[:, perm], t, mask=mask[:, perm], map=raster, map_frame=frame())
     if out.ndim == 1:  # by-scene: invariant
         assert torch.allclose(out, out_p, atol=1e-5)
     else:
@@ -80,10 +85,10 @@ def test_padding_does_not_leak():
     torch.manual_seed(2)
     for net in (TrafficDenoiser(**SMALL).eval(), TrafficClassifier("sample", **SMALL).eval()):
         x, t, mask, raster = batch()
-        out = net(x, t, mask=mask, map=raster)
+        out = net(x, t, mask=mask, map=raster, map_frame=frame())
         x2 = x.clone()
         x2[~mask] = 100 * torch.randn(int((~mask).sum()), 7)
-        out2 = net(x2, t, mask=mask, map=raster)
+        out2 = net(x2, t, mask=mask, map=raster, map_frame=frame())
         if out.ndim == 1:
             assert torch.allclose(out, out2, atol=1e-5)
         else:
@@ -109,3 +114,42 @@ def test_sinusoidal_embedding():
     assert e.shape == (2, 6)
     assert torch.allclose(e[0], torch.tensor([1.0, 1, 1, 0, 0, 0]))
     assert e[1, 0] == pytest.approx(math.cos(1.0))
+
+
+def test_local_map_patch_reads_the_road_under_each_agent():
+    """A 3 x 3 patch, one pixel apart, centred on a pixel centre reads exactly that pixel and
+    its eight neighbours; points off the raster read 0."""
+    from genneg_traffic.dataset import map_frame
+    from genneg_traffic.features import Normalizer
+    from genneg_traffic.network import LocalMap
+
+    R, window = 8, 80.0  # 10 m pixels over [-40, 40]^2
+    raster = torch.zeros(1, 1, R, R, dtype=torch.uint8)
+    raster[0, 0, 2, 5] = 1  # row 2 (from the top), column 5
+    norm = Normalizer(mean=[5.0, -5.0] + [0.0] * 5, std=[10.0, 20.0] + [1.0] * 5)
+    centre = torch.tensor([-40 + 10 * 5.5, 40 - 10 * 2.5])  # that pixel's centre, metres
+    corner = torch.tensor([-40 + 10 * 0.5, 40 - 10 * 7.5])  # bottom-left pixel's centre
+    metres = torch.stack([centre, corner])[None]  # [1, 2 agents, 2]
+    x_in = torch.zeros(1, 2, 7)
+    x_in[..., :2] = (metres - torch.tensor([5.0, -5.0])) / torch.tensor([10.0, 20.0])
+    patch = LocalMap(hidden=8, size=3).patch(x_in, raster, map_frame(norm, window))
+    expected_centre = -torch.ones(9)
+    expected_centre[4] = 1.0  # the agent's own pixel is drivable, its neighbours are not
+    assert torch.allclose(patch[0, 0], expected_centre, atol=1e-5)
+    # the bottom-left agent: the points left of and below the raster read 0, the rest -1
+    expected_corner = torch.tensor([0.0, -1, -1, 0, -1, -1, 0, 0, 0])
+    assert torch.allclose(patch[0, 1], expected_corner, atol=1e-5)
+
+
+def test_local_map_changes_the_output_and_can_be_switched_off():
+    torch.manual_seed(4)
+    x, t, mask, raster = batch()
+    net = TrafficDenoiser(**SMALL).eval()
+    with_patch = net(x, t, mask=mask, map=raster, map_frame=frame())
+    assert not torch.allclose(with_patch, net(x, t, mask=mask, map=raster), atol=1e-5)
+    off = TrafficDenoiser(**SMALL, local_map=0).eval()
+    assert off.backbone.local is None
+    assert torch.allclose(
+        off(x, t, mask=mask, map=raster, map_frame=frame()), off(x, t, mask=mask, map=raster)
+    )
+
