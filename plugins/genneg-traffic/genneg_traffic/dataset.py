@@ -246,4 +246,3 @@ def map_frame(normalizer: Normalizer, window: float) -> torch.Tensor:
     half = window / 2
     (mx, my), (sx, sy) = normalizer.mean[:2], normalizer.std[:2]
     return torch.tensor([[sx / half, mx / half, -sy / half, -my / half]], dtype=torch.float32)
-

@@ -152,4 +152,3 @@ def test_local_map_changes_the_output_and_can_be_switched_off():
     assert torch.allclose(
         off(x, t, mask=mask, map=raster, map_frame=frame()), off(x, t, mask=mask, map=raster)
     )
-
