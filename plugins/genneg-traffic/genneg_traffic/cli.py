@@ -87,7 +87,13 @@ def build_dataset(preset, source, name, data_root, seed, max_agents, raster, opt
 
 
 @traffic.command("table")
-@click.option("--size", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True)
+@click.option(
+    "--size",
+    type=click.Choice(["cpu", "sumo", "paper"]),
+    default="cpu",
+    show_default=True,
+    help="cpu: synthetic roads; sumo: CPU sizes on SUMO traffic; paper: App. B.2 sizes (GPU).",
+)
 @click.option("--out", default=None, help="Directory of the runs (default: runs/traffic-table).")
 @click.option(
     "--set",
@@ -103,7 +109,7 @@ def table_cmd(size, out, assignments, rows, resume):
     one baseline; writes table.md, a Fig. 1-style picture and infraction heat maps."""
     from genneg_traffic.table import run_table
 
-    base = "traffic" if size == "cpu" else "traffic-paper"
+    base = {"cpu": "traffic", "sumo": "traffic-sumo", "paper": "traffic-paper"}[size]
     out = out or f"runs/{base}-table"
     try:
         text = run_table(

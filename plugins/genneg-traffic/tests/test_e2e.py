@@ -9,7 +9,13 @@ def test_registered_components():
     reg = build_registry(autoload=True)
     assert "traffic" in reg.names("oracles") and "traffic" in reg.names("datasets")
     assert {"traffic-agent", "traffic-scene"} <= set(reg.names("classifiers"))
-    for name in ("traffic", "traffic-paper", "traffic-agent-no-is", "traffic-paper-scene"):
+    for name in (
+        "traffic",
+        "traffic-sumo",
+        "traffic-paper",
+        "traffic-agent-no-is",
+        "traffic-paper-scene",
+    ):
         cfg = reg.get("presets", name)()
         assert cfg.process.kind == "vp"
     from genneg_traffic.network import TrafficDenoiser
