@@ -6,7 +6,7 @@ from genneg import rng
 from genneg.classifier_loss import label_weights, weighted_bce
 from genneg.diffusion.shapes import broadcast
 from genneg.engine.synth import _cat
-from genneg.engine.train import fit, sharded_mean
+from genneg.engine.train import cond_rows, fit, sharded_mean
 
 
 def training_set(synth, weighting: str):
@@ -40,7 +40,7 @@ def train_classifier(
         els = batch.element_labels
 
         def mean_fn(rows):  # rows: all of them in one process, this rank's share otherwise
-            c = {k: v[rows] for k, v in cond.items()}
+            c = cond_rows(cond, rows)
             return weighted_bce(
                 classifier(xt[rows], sigma[rows], **c),
                 batch.labels[rows],

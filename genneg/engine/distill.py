@@ -5,7 +5,7 @@ from __future__ import annotations
 from genneg import rng
 from genneg.diffusion.loss import masked_sum, real_dims
 from genneg.diffusion.shapes import broadcast
-from genneg.engine.train import fit, minibatch, sharded_mean
+from genneg.engine.train import cond_rows, fit, minibatch, sharded_mean
 
 
 def score_matching_distill(
@@ -30,7 +30,7 @@ def score_matching_distill(
         xt = x0 + broadcast(sigma, x0) * noise
 
         def mean_fn(rows):  # rows: all of them in one process, this rank's share otherwise
-            x, s, c = xt[rows], sigma[rows], {k: v[rows] for k, v in cond.items()}
+            x, s, c = xt[rows], sigma[rows], cond_rows(cond, rows)
             target = teacher(x, s, **c).detach()
             err = broadcast(process.loss_weight(s), x) * (student(x, s, **c) - target) ** 2
             return (masked_sum(err, c) / real_dims(x0[rows], c)).mean()

@@ -46,7 +46,8 @@ def sharded_mean(mean_fn, n: int):
     return mean_fn(rows) * weight
 
 
-def _rows(cond: dict, rows) -> dict:
+def cond_rows(cond: dict, rows) -> dict:
+    """The rows ``rows`` (a slice or an index) of every tensor of ``cond``."""
     return {k: v[rows] for k, v in cond.items()}
 
 
@@ -62,7 +63,7 @@ def denoising_loss(loss, denoiser, x0, cond, generator):
     noise = rng.randn(x0.shape, generator, x0.device, x0.dtype)
 
     def mean_fn(rows):
-        x, s, c = x0[rows], sigma[rows], _rows(cond, rows)
+        x, s, c = x0[rows], sigma[rows], cond_rows(cond, rows)
         denoised = denoiser(x + broadcast(s, x) * noise[rows], s, **c)
         err = broadcast(process.loss_weight(s), x) * (denoised - x) ** 2
         return (masked_sum(err, c) / real_dims(x, c)).mean()
