@@ -94,7 +94,11 @@ def build_dataset(preset, source, name, data_root, seed, max_agents, raster, opt
     show_default=True,
     help="cpu: synthetic roads; sumo: CPU sizes on SUMO traffic; paper: App. B.2 sizes (GPU).",
 )
-@click.option("--out", default=None, help="Directory of the runs (default: runs/traffic-table).")
+@click.option(
+    "--out",
+    default=None,
+    help="Directory of the runs (default: runs/<preset>-table, e.g. runs/traffic-table).",
+)
 @click.option(
     "--set",
     "assignments",
