@@ -15,6 +15,7 @@ from genneg.bench.timing import peak_memory, sync, timed
 from genneg.classifier_loss import label_weights, weighted_bce
 from genneg.components import DataSplit
 from genneg.diffusion.loss import DenoisingLoss
+from genneg.diffusion.shapes import broadcast
 from genneg.engine import build
 from genneg.engine.sampling import CountingDenoiser, resample_conditions
 from genneg.guidance import GuidedDenoiser
@@ -195,34 +196,16 @@ def bench_training(dom: Domain, report, sizes: DomainSizes) -> list[dict]:
     random labels."""
     n = min(sizes.train_batch, len(dom.train))
     batch = dom.batch(n).to(dom.device)
-    out = []
 
     den = dom.denoiser().train().requires_grad_(True)
     loss = DenoisingLoss(dom.process)
-    opt = torch.optim.Adam(den.parameters(), lr=1e-4)
 
-    def den_step():
-        value = loss(den, batch.x, batch.cond, dom.gen)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
+    def den_loss():
+        return loss(den, batch.x, batch.cond, dom.gen)
 
-    with peak_memory(dom.device) as mem:
-        seconds = timed(den_step, repeat=sizes.train_steps, device=dom.device)
-    out.append(
-        report.add(
-            "train",
-            preset=dom.preset,
-            model="denoiser",
-            batch=n,
-            params=_params(den),
-            seconds_per_step=seconds,
-            **mem,
-        )
-    )
+    out = [_time_training_step(dom, report, sizes, "denoiser", den, den_loss, n)]
 
     clf = dom.classifier().train().requires_grad_(True)
-    copt = torch.optim.Adam(clf.parameters(), lr=1e-4)
     mask = batch.cond.get("mask")
     if clf.granularity == "element":
         el = torch.rand(batch.x.shape[:2], generator=dom.gen) < 0.8
@@ -234,30 +217,38 @@ def bench_training(dom: Domain, report, sizes: DomainSizes) -> list[dict]:
     pi1 = min(max(float(labels.float().mean()), 0.01), 0.99)
     weights = label_weights(labels, 0.5, dom.cfg.classifier.weighting, pi1)
 
-    def clf_step():
+    def clf_loss():
         sigma = dom.process.sample_classifier_sigma(n, dom.gen, dom.device)
-        xt = batch.x + sigma.reshape(-1, *([1] * (batch.x.ndim - 1))) * torch.randn_like(batch.x)
+        xt = batch.x + broadcast(sigma, batch.x) * torch.randn_like(batch.x)
         logits = clf(xt, sigma, **batch.cond)
-        value = weighted_bce(logits, labels, weights, element_labels=el, mask=mask)
-        copt.zero_grad(set_to_none=True)
-        value.backward()
-        copt.step()
+        return weighted_bce(logits, labels, weights, element_labels=el, mask=mask)
 
-    with peak_memory(dom.device) as mem:
-        seconds = timed(clf_step, repeat=sizes.train_steps, device=dom.device)
-    out.append(
-        report.add(
-            "train",
-            preset=dom.preset,
-            model="classifier",
-            batch=n,
-            params=_params(clf),
-            seconds_per_step=seconds,
-            **mem,
-        )
-    )
+    out.append(_time_training_step(dom, report, sizes, "classifier", clf, clf_loss, n))
     sync(dom.device)
     return out
+
+
+def _time_training_step(dom, report, sizes, model: str, module, loss_fn, n: int) -> dict:
+    """Time ``sizes.train_steps`` Adam steps of ``module`` on ``loss_fn()`` and record them."""
+    opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+
+    def step():
+        value = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+
+    with peak_memory(dom.device) as mem:
+        seconds = timed(step, repeat=sizes.train_steps, device=dom.device)
+    return report.add(
+        "train",
+        preset=dom.preset,
+        model=model,
+        batch=n,
+        params=_params(module),
+        seconds_per_step=seconds,
+        **mem,
+    )
 
 
 def bench_domain(
