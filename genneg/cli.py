@@ -1,4 +1,5 @@
-"""The ``genneg`` command: ``run``, ``eval``, ``plugins``, ``presets`` and plugin commands."""
+"""The ``genneg`` command: ``run``, ``eval``, ``plugins``, ``presets``, and the commands that
+plugins register (``register_commands``; genneg's own ``bench`` and ``sample`` too)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 
 import click
 
-from genneg import commands as _commands
 from genneg import config as config_mod
+from genneg.errors import GennegError
 from genneg.plugins import PluginError, UnknownComponentError, get_registry
+
+#: What the commands report as a one-line error rather than a traceback.
+USER_ERRORS = (GennegError, PluginError, UnknownComponentError, OSError)
 
 
 class CLIError(click.ClickException):
@@ -22,11 +26,38 @@ def _resolve(preset: str, files, assignments):
     try:
         base = registry.get("presets", preset)()
         return config_mod.resolve(base, files, assignments)
-    except (UnknownComponentError, config_mod.ConfigError, OSError) as exc:
+    except USER_ERRORS as exc:
         raise CLIError(str(exc)) from None
 
 
-@click.group()
+class _RootGroup(click.Group):
+    """The root group: its own commands, then those that plugins registered through
+    ``register_commands`` (genneg's own ``bench`` and ``sample`` among them), looked up in the
+    plugin registry when the command line is parsed."""
+
+    def _registered(self) -> dict:
+        try:
+            entries = get_registry().entries["commands"]
+        except Exception as exc:  # a broken registry must not break the core commands
+            click.echo(f"warning: plugin commands unavailable: {exc}", err=True)
+            return {}
+        clash = sorted(set(entries) & set(self.commands))
+        for name in clash:
+            click.echo(
+                f"warning: plugin {entries[name].plugin!r} registered the command {name!r}, "
+                "which genneg already has; it is ignored",
+                err=True,
+            )
+        return {k: e.obj for k, e in entries.items() if k not in clash}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self._registered()))
+
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, name) or self._registered().get(name)
+
+
+@click.group(cls=_RootGroup)
 @click.version_option(package_name="genneg")
 def cli():
     """Oracle-assisted guidance of diffusion models (Gen-neG)."""
@@ -75,13 +106,9 @@ def run_cmd(preset, files, assignments, out, resume, dry_run, no_progress, oracl
         click.echo(config_mod.dumps_toml(cfg))
         return
     from genneg import distributed
-    from genneg.engine.build import BuildError
-    from genneg.engine.labelling import OracleError
-    from genneg.engine.rundir import CheckpointError
-    from genneg.engine.runner import RunError, run
+    from genneg.engine.runner import run
 
     out = out or str(Path("runs") / preset)
-    errors = (RunError, BuildError, CheckpointError, OracleError, UnknownComponentError)
     try:
         run(
             cfg,
@@ -90,7 +117,7 @@ def run_cmd(preset, files, assignments, out, resume, dry_run, no_progress, oracl
             progress=not no_progress and sys.stderr.isatty(),
             oracle_workers=oracle_workers,
         )
-    except (*errors, PluginError) as exc:
+    except USER_ERRORS as exc:
         raise CLIError(str(exc)) from None
     finally:
         main = distributed.is_main()
@@ -104,15 +131,14 @@ def run_cmd(preset, files, assignments, out, resume, dry_run, no_progress, oracl
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 def eval_cmd(run_dir, as_json):
     """Show the per-stage metrics of RUN_DIR (finished stages)."""
-    from genneg.engine.report import results_table
+    from genneg.engine.results import results_table
     from genneg.engine.rundir import RunDir
 
-    rd = RunDir(run_dir, quiet=True)
-    done = rd.state()["done"]
-    rows = {r["stage"]: r for r in rd.read_metrics("eval") if r["stage"] in done}
+    rd = RunDir(run_dir, quiet=True, write=False)
+    rows = rd.read_evals()
     if not rows:
         raise CLIError(f"{run_dir} has no evaluated stage yet")
-    ordered = [r for s, r in rows.items()]
+    ordered = list(rows.values())
     if as_json:
         click.echo(json.dumps(ordered, indent=1))
         return
@@ -149,34 +175,8 @@ def presets_cmd():
         click.echo(f"{name:32s} [{entry.plugin}] {doc[0] if doc else ''}")
 
 
-_commands.register(cli)  # genneg bench, genneg sample (genneg/commands/)
-
-
-def _add_plugin_commands() -> None:
-    """Let each loaded plugin add its sub-commands; a plugin whose commands fail is reported
-    and skipped, the others keep theirs."""
-    import importlib.metadata
-
-    from genneg.plugins import ENTRY_POINT_GROUP
-
-    registry = get_registry()
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in registry.plugins:
-            continue  # not loaded (disabled, not allowed, or reported as broken)
-        try:
-            hook = getattr(ep.load(), "register_commands", None)
-            if hook is not None:
-                hook(cli=cli)
-        except Exception as exc:
-            click.echo(f"warning: commands of plugin {ep.name!r} unavailable: {exc}", err=True)
-
-
 def main(argv=None):
     """Entry point of the ``genneg`` command."""
-    try:
-        _add_plugin_commands()
-    except Exception as exc:  # a plugin's commands must not break the core commands
-        click.echo(f"warning: plugin commands unavailable: {exc}", err=True)
     cli.main(args=argv, prog_name="genneg")
 
 

@@ -13,7 +13,7 @@ Conventions shared by all domains:
 from __future__ import annotations
 
 import abc
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -46,6 +46,11 @@ class Oracle(abc.ABC):
         """Label a batch ``x`` with its conditioning ``cond``; vectorised over the batch."""
 
 
+def index_cond(cond: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
+    """The rows ``rows`` (a slice or an index tensor) of every conditioning tensor."""
+    return {k: v[rows] for k, v in cond.items()}
+
+
 @attrs.frozen(kw_only=True)
 class DataSplit:
     """A set of samples ``x`` ``[B, ...]`` and their conditioning tensors."""
@@ -69,7 +74,7 @@ class DataSplit:
 
     def index(self, idx: torch.Tensor) -> DataSplit:
         """Rows ``idx`` of ``x`` and of every conditioning tensor."""
-        return DataSplit(x=self.x[idx], cond={k: v[idx] for k, v in self.cond.items()})
+        return DataSplit(x=self.x[idx], cond=index_cond(self.cond, idx))
 
 
 @attrs.frozen(kw_only=True)
@@ -91,6 +96,54 @@ class Dataset(abc.ABC):
     def log_density(self, x: torch.Tensor) -> torch.Tensor | None:
         """Exact log-density of the true data at ``x`` (nats), where known; else ``None``."""
         return None
+
+    def plot_samples(self, samples: DataSplit, result: OracleResult, path: str, title: str):
+        """Draw ``samples`` (infracting ones marked, from the oracle's ``result``) into the
+        image file ``path``; the run calls it for every stage (``plots/samples_<stage>.png``).
+        The default draws nothing: a domain overrides it with its own picture (a scatter of
+        points, a traffic scene, a skeleton)."""
+        return None
+
+
+@runtime_checkable
+class NoiseProcess(Protocol):
+    """The noise process contract, which :class:`genneg.diffusion.edm.EDMProcess` and
+    :class:`genneg.diffusion.vp.VPProcess` satisfy (``tests/test_processes.py`` checks both).
+
+    Coordinates are EDM's: ``x = x0 + sigma * eps``; a DDPM is the same in scaled coordinates.
+    Tensors of noise levels are ``[B]``.
+
+    * ``kind``: ``"edm"`` or ``"vp"``; ``sigma_min``, ``sigma_max``: the levels sampling spans.
+    * ``c_in(sigma)``, ``c_noise(sigma)``: the network's input scaling and noise conditioning.
+    * ``precondition(network)``: the denoiser ``D(x, sigma, **cond)`` around a raw network.
+    * ``sample_training_sigma(n, generator, device)``, ``loss_weight(sigma)``: Eq. (5)'s noise
+      levels and weighting; ``sample_classifier_sigma(n, generator, device)``: Eq. (13)'s.
+    * ``sampling_sigmas(steps=None, device=None)``: the sampler's descending levels followed by
+      0; ``steps=None`` (``sampling.steps = 0`` in a config) is the process' default.
+    * ``sample_prior(shape, generator, device)``, ``prior_std()``: where sampling starts.
+    """
+
+    kind: str
+    sigma_min: float
+    sigma_max: float
+
+    def c_in(self, sigma: torch.Tensor) -> torch.Tensor: ...
+
+    def c_noise(self, sigma: torch.Tensor) -> torch.Tensor: ...
+
+    def precondition(self, network: torch.nn.Module) -> torch.nn.Module: ...
+
+    def sample_training_sigma(self, n: int, generator=None, device=None) -> torch.Tensor: ...
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor: ...
+
+    def sample_classifier_sigma(self, n: int, generator=None, device=None) -> torch.Tensor: ...
+
+    def sampling_sigmas(self, steps: int | None = None, device=None) -> torch.Tensor: ...
+
+    def sample_prior(self, shape, generator=None, device=None) -> torch.Tensor: ...
+
+    def prior_std(self) -> float: ...
 
 
 class DenoiserNetwork(Protocol):
@@ -137,9 +190,14 @@ def check_classifier(obj: Any) -> None:
 
 
 def check_dataset(obj: Any) -> None:
-    """Raise ``TypeError`` unless ``obj`` has ``load(root, generator)``."""
-    if not callable(getattr(obj, "load", None)):
-        raise TypeError(f"{obj!r} has no callable load(root, generator)")
+    """Raise ``TypeError`` unless ``obj`` has the :class:`Dataset` methods (subclass it to get
+    the optional ones' defaults)."""
+    for method in ("load", "log_density", "plot_samples"):
+        if not callable(getattr(obj, method, None)):
+            raise TypeError(
+                f"{obj!r} has no callable {method}(); subclass genneg.Dataset, which "
+                "provides defaults for log_density and plot_samples"
+            )
 
 
 def validate_oracle_result(result: Any, batch_size: int, categories: tuple[str, ...], name: str):

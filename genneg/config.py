@@ -16,7 +16,12 @@ import cattrs
 import tomli_w
 from attrs import validators as v
 
-from genneg.classifier_loss import WEIGHTINGS
+from genneg.errors import ConfigError
+from genneg.losses import WEIGHTINGS
+
+__all__ = ["ClassifierConfig", "ComponentSpec", "ConfigError", "DistillConfig", "EvalConfig"]
+__all__ += ["ProcessSpec", "RunConfig", "SamplingConfig", "SynthConfig", "TrainConfig"]
+__all__ += ["dumps_toml", "from_dict", "load_toml", "resolve", "to_dict"]
 
 
 def _positive(instance, attribute, value):
@@ -144,8 +149,22 @@ class RunConfig:
 converter = cattrs.Converter(forbid_extra_keys=True)
 
 
-class ConfigError(ValueError):
-    """A config that cannot be read: the message names the offending keys."""
+@converter.register_structure_hook
+def _strict_int(value: Any, _type: type[int]) -> int:
+    """Integers stay integers: ``--set baseline.steps=2.5`` is an error, not 2 steps (an
+    integral float such as ``1e3`` is taken as the integer it is)."""
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral:
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+@converter.register_structure_hook
+def _strict_bool(value: Any, _type: type[bool]) -> bool:
+    """Booleans are ``true``/``false``: a string such as ``"no"`` is an error, not True."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
@@ -170,8 +189,13 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def load_toml(path) -> dict[str, Any]:
+    """The tables of the TOML file ``path``; a malformed file is a :class:`ConfigError` naming
+    the file, line and column."""
     with open(path, "rb") as fh:
-        return tomllib.load(fh)
+        try:
+            return tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 
 def dumps_toml(cfg: RunConfig) -> str:

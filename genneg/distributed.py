@@ -91,6 +91,21 @@ def share(n: int, r: int | None = None, world: int | None = None) -> tuple[int, 
     return start, start + base + (1 if r < extra else 0)
 
 
+def sharded_mean(mean_fn, n: int):
+    """The mean of a loss over a global batch of ``n`` rows, computed on this rank's rows only.
+
+    ``mean_fn(rows)`` returns the mean loss over ``rows`` (a slice). Under torch.distributed
+    the result is scaled by this rank's share of the rows, so that the ranks' values (and
+    gradients) add up to the global mean (train with ``fit(..., sharded=True)``). In one
+    process: ``mean_fn(slice(None))``."""
+    if not is_distributed():
+        return mean_fn(slice(None))
+    start, stop = share(n)
+    if stop == start:
+        return mean_fn(slice(0, 1)) * 0.0  # no rows here: a zero that still has a graph
+    return mean_fn(slice(start, stop)) * ((stop - start) / n)
+
+
 def all_reduce_sum(values, op: str = "sum") -> list:
     """Sum (or ``max``) a list of numbers over ranks; float64 on the wire, ints stay ints."""
     values = list(values)

@@ -34,8 +34,7 @@ import math
 import torch
 
 from genneg import rng
-from genneg.diffusion.loss import masked_sum, real_dims
-from genneg.diffusion.shapes import broadcast
+from genneg.diffusion.shapes import broadcast, masked_sum, real_dims
 
 
 def _stratified(n: int, k: int, generator, device) -> torch.Tensor:
@@ -119,23 +118,3 @@ def ddpm_elbo(
         total = total + term
     kl_sum = (T - 1) * total / k
     return (decoder - prior_kl - kl_sum).float()
-
-
-def elbo(denoiser, x0, cond, process, *, k: int = 32, generator=None) -> torch.Tensor:
-    """Per-sample ELBO (nats) with the estimator that fits ``process``."""
-    if process.kind == "edm":
-        return edm_elbo(denoiser, x0, cond, process, k=k, generator=generator)
-    return ddpm_elbo(denoiser, x0, cond, process, k=k, generator=generator)
-
-
-def elbo_per_dim(
-    denoiser, split, process, *, k: int = 32, batch_size: int = 1000, generator=None
-) -> tuple[float, float]:
-    """Mean ELBO in nats per dimension over a data split, and its standard error."""
-    values = []
-    for start in range(0, len(split), batch_size):
-        part = split.index(torch.arange(start, min(start + batch_size, len(split))))
-        e = elbo(denoiser, part.x, part.cond, process, k=k, generator=generator)
-        values.append(e / real_dims(part.x, part.cond))
-    v = torch.cat(values).double()
-    return float(v.mean()), float(v.std(unbiased=True) / math.sqrt(len(v))) if len(v) > 1 else 0.0

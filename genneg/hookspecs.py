@@ -4,7 +4,7 @@ Every hook receives a ``register`` callback (the pattern of ``llm``): the host o
 names, rejects duplicates and checks each component against its contract, so a plugin never
 mutates a global table. Built-in components are registered through the very same hooks by
 :mod:`genneg.builtin`, exactly as external plugins found through the ``genneg`` entry-point
-group are.
+group are. A plugin marks its implementations with :data:`hookimpl` (``genneg.hookimpl``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import pluggy
 
 hookspec = pluggy.HookspecMarker("genneg")
+hookimpl = pluggy.HookimplMarker("genneg")
 
 
 @hookspec
@@ -20,8 +21,7 @@ def register_oracles(register):
 
     :param register: ``register(name, factory)``; ``factory(**options)`` returns an object with
         ``categories: tuple[str, ...]`` and ``label(x, cond) -> OracleResult``
-        (see :class:`genneg.components.Oracle`). A factory that declares a ``dataset``
-        parameter is also given the run's dataset, after its ``load``.
+        (see :class:`genneg.components.Oracle`).
     """
 
 
@@ -60,9 +60,14 @@ def register_samplers(register):
 def register_distillers(register):
     """Register distillers: trainers of a student denoiser that matches a teacher (Eq. 14).
 
-    :param register: ``register(name, fn)``; ``fn(student, teacher, data, *, process,
-        steps, batch_size, lr, generator, progress, **options)`` trains ``student`` in place and
-        returns a list of loss values (see :mod:`genneg.engine.distill`).
+    :param register: ``register(name, fn)``; ``fn(student, teacher, data, *, process, train,
+        generator, progress, log, **options)`` trains ``student`` (a denoiser, initialised from
+        the baseline) in place to match ``teacher`` (the stacked, guided model) on ``data`` (the
+        training :class:`genneg.DataSplit`), with ``train`` a :class:`genneg.config.TrainConfig`,
+        ``generator`` the stage's ``torch.Generator``, ``log`` a message callback and
+        ``options`` the config's ``distill.options``; returns the loss history
+        ``[(step, loss)]``. :class:`genneg.losses.DistillationLoss` is Eq. (14), sharded under
+        torchrun (see :mod:`genneg.engine.distill`, the built-in ``score-matching``).
     """
 
 
@@ -94,9 +99,10 @@ def register_benchmarks(register):
 
 
 @hookspec
-def register_commands(cli):
-    """Add sub-commands to the ``genneg`` command line.
+def register_commands(register):
+    """Register sub-commands of the ``genneg`` command line.
 
-    :param cli: the root ``click.Group``; add a group named after the domain, e.g.
-        ``genneg traffic build-dataset``.
+    :param register: ``register(command)``; ``command`` is a ``click.Command`` (a group named
+        after the domain, e.g. ``genneg traffic build-dataset``), added under its own name; a
+        name that another plugin or the core already uses is an error naming both.
     """

@@ -19,9 +19,11 @@ from typing import Any
 import attrs
 import pluggy
 
-from genneg import hookspecs
+from genneg import builtin, hookspecs
+from genneg.hookspecs import hookimpl
 
-hookimpl = pluggy.HookimplMarker("genneg")
+__all__ = ["ENTRY_POINT_GROUP", "KINDS", "PluginError", "Registry", "UnknownComponentError"]
+__all__ += ["build_registry", "get_registry", "hookimpl", "set_registry"]
 
 ENTRY_POINT_GROUP = "genneg"
 KINDS = (
@@ -33,6 +35,7 @@ KINDS = (
     "datasets",
     "presets",
     "benchmarks",
+    "commands",
 )
 
 
@@ -72,6 +75,13 @@ class Registry:
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.failures: list[LoadFailure] = []
         self.plugins: dict[str, str] = {}  # plugin name -> version
+
+    def add_command(self, command: Any, plugin: str) -> None:
+        """Register a ``click.Command`` under its own name (``register_commands``)."""
+        name = getattr(command, "name", None)
+        if not callable(getattr(command, "main", None)) or not name:
+            raise PluginError(f"plugin {plugin!r} registered {command!r}, not a click command")
+        self.add("commands", name, command, plugin)
 
     def add(self, kind: str, name: str, obj: Any, plugin: str) -> None:
         """Register ``obj`` under ``name``; a name taken twice is an error naming both."""
@@ -117,7 +127,10 @@ class Registry:
         return out
 
 
-def _make_register(registry: Registry, kind: str, plugin: str) -> Callable[[str, Any], None]:
+def _make_register(registry: Registry, kind: str, plugin: str) -> Callable[..., None]:
+    if kind == "commands":
+        return lambda command: registry.add_command(command, plugin)
+
     def register(name: str, obj: Any) -> None:
         registry.add(kind, name, obj, plugin)
 
@@ -146,8 +159,6 @@ def build_registry(extra_plugins: dict[str, Any] | None = None, autoload: bool |
         notebooks).
     :param autoload: load entry points; default: unless ``GENNEG_DISABLE_PLUGIN_AUTOLOAD`` is set.
     """
-    from genneg import builtin
-
     pm = pluggy.PluginManager("genneg")
     pm.add_hookspecs(hookspecs)
     registry = Registry()

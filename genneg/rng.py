@@ -7,7 +7,17 @@ avoids the error torch raises for a CPU generator with a CUDA ``device=``.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
+
+
+def stage_generator(seed: int, stage: str, purpose: str) -> torch.Generator:
+    """The seeding policy of a run: a CPU generator for one purpose of one stage, seeded from
+    the run seed, the stage's name and the purpose, so it is independent of what ran before it
+    (a resumed run draws the same numbers as an uninterrupted one)."""
+    digest = hashlib.sha256(f"{seed}/{stage}/{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def _source(generator, device):

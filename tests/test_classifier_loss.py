@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from genneg.classifier_loss import label_weights, weighted_bce
+from genneg.losses import label_weights, weighted_bce
 
 
 def bce(logit, y):

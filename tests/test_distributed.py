@@ -18,11 +18,11 @@ import torch.multiprocessing as mp
 from genneg import distributed
 from genneg.components import DataSplit
 from genneg.config import SynthConfig, TrainConfig
-from genneg.diffusion.loss import DenoisingLoss
 from genneg.engine import build
 from genneg.engine.rundir import load_checkpoint
 from genneg.engine.synth import draw_labelled
-from genneg.engine.train import denoising_loss, fit
+from genneg.engine.train import fit
+from genneg.losses import DenoisingLoss
 from genneg.plugins import build_registry
 from tests import toy_plugin
 from tests.toy_plugin import HalfPlane, toy_config
@@ -77,7 +77,7 @@ def baseline_params(steps, generator_seed=5):
     loss = DenoisingLoss(process)
     fit(
         net.parameters(),
-        lambda step: denoising_loss(loss, net, train.x, train.cond, gen),
+        lambda step: loss(net, train.x, train.cond, gen),
         TrainConfig(steps=steps, batch_size=64, lr=1e-2, log_every=steps),
         desc="t",
         progress=False,

@@ -5,11 +5,12 @@ import torch
 
 from genneg.components import DataSplit
 from genneg.config import SynthConfig
-from genneg.engine import classifier as classifier_mod
 from genneg.engine import runner
+from genneg.engine.labelling import label_batch
 from genneg.engine.rundir import CheckpointError, load_checkpoint
-from genneg.engine.runner import RunError, run
-from genneg.engine.synth import NoNegativesError, draw_labelled, label_batch
+from genneg.engine.runner import run
+from genneg.engine.synth import draw_labelled
+from genneg.errors import ClassTooRareError, RunError
 from genneg.plugins import build_registry
 from tests import toy_plugin
 from tests.toy_plugin import HalfPlane, toy_config
@@ -50,7 +51,7 @@ def test_end_to_end_toy_run(tmp_path, registry):
 def test_resume_after_interruption_gives_the_same_results(tmp_path, registry, monkeypatch):
     reference = run(toy_config(), tmp_path / "ref", registry=registry, progress=False, quiet=True)
 
-    real = classifier_mod.train_classifier
+    real = runner.train_classifier
     calls = {"n": 0}
 
     def crash_on_second(*args, **kwargs):
@@ -190,7 +191,7 @@ def test_alpha_counts_every_drawn_sample():
 
 def test_budget_without_negatives_stops_with_a_message():
     x = torch.ones(1000, 2)
-    with pytest.raises(NoNegativesError, match="only 0 infracting samples in 1000 drawn"):
+    with pytest.raises(ClassTooRareError, match="only 0 infracting samples in 1000 drawn"):
         draw_labelled(
             FixedSampler(x),
             None,
@@ -207,11 +208,13 @@ def test_nonfinite_samples_are_never_labelled_valid():
     x = torch.ones(4, 2)
     x[1, 0] = float("nan")
     x[2, 1] = float("inf")
-    finite, part, result = label_batch(HalfPlane(0.0), "half", DataSplit(x=x))
-    assert finite.tolist() == [True, False, False, True] and len(part) == 2
+    labelled = label_batch(HalfPlane(0.0), "half", DataSplit(x=x))
+    assert labelled.finite.tolist() == [True, False, False, True] and len(labelled.samples) == 2
+    assert labelled.valid.tolist() == [True, False, False, True]
+    assert labelled.counts() == (2, 0, 2)
     from genneg.engine.evaluate import infraction_metrics
 
-    metrics, *_ = infraction_metrics(HalfPlane(0.0), "half", DataSplit(x=x))
+    metrics = infraction_metrics(HalfPlane(0.0), labelled)
     assert metrics["infraction"] == pytest.approx(50.0)
     assert metrics["categories"]["non-finite"]["rate"] == pytest.approx(50.0)
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from genneg import Experiment
 from genneg.cli import cli
-from genneg.commands.sample import LoadedRun, default_stage, draw_valid
+from genneg.commands.sample import default_stage, draw_valid
 from genneg.config import EvalConfig
 from genneg.engine.runner import run
 from genneg.plugins import build_registry, set_registry
@@ -76,14 +77,13 @@ def test_without_valid_only_infractions_are_kept_and_reported(toy_run, tmp_path)
 
 
 def test_draws_count_what_the_oracle_rejected(toy_run):
-    loaded = LoadedRun(toy_run, "baseline")
-    assert loaded.stage == "baseline"
+    exp = Experiment.from_run_dir(toy_run)
     gen = torch.Generator().manual_seed(0)
     split, valid, draws = draw_valid(
-        loaded, 100, gen, valid_only=True, max_draws=10_000, batch_size=37
+        exp, exp.load_stage("baseline"), 100, gen, valid_only=True, max_draws=10_000, batch_size=37
     )
     assert len(split) == 100 and valid.all() and draws >= 100
-    assert LoadedRun(toy_run).stage == "distill"
+    assert default_stage(exp.finished_stages()) == "distill"
 
 
 def test_budget_exceeded_is_a_clear_error(toy_run):

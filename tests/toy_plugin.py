@@ -36,6 +36,17 @@ class ToyData(Dataset):
     def log_density(self, x):
         return (-0.5 * (x / 0.5) ** 2 - 0.5 * math.log(2 * math.pi * 0.25)).sum(-1)
 
+    def plot_samples(self, samples, result, path, title):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(3, 3))
+        ok = result.valid.numpy()
+        ax.scatter(*samples.x[ok].T.numpy(), s=1)
+        ax.scatter(*samples.x[~ok].T.numpy(), s=1, c="brown")
+        ax.set_title(title)
+        fig.savefig(path)
+        plt.close(fig)
+
 
 class HalfPlane(Oracle):
     categories = ("left",)

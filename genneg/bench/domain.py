@@ -4,7 +4,6 @@ training steps, memory and FLOPs, all built from the preset's config."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import attrs
 import torch
@@ -12,13 +11,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genneg import rng
 from genneg.bench.timing import peak_memory, sync, timed
-from genneg.classifier_loss import label_weights, weighted_bce
 from genneg.components import DataSplit
-from genneg.diffusion.loss import DenoisingLoss
-from genneg.diffusion.shapes import broadcast
-from genneg.engine import build
 from genneg.engine.sampling import CountingDenoiser, resample_conditions
+from genneg.experiment import Experiment
 from genneg.guidance import GuidedDenoiser
+from genneg.losses import ClassifierLoss, DenoisingLoss
 
 
 @attrs.frozen(kw_only=True)
@@ -36,32 +33,26 @@ class DomainSizes:
 
 
 class Domain:
-    """The components of one preset, built once and shared by the measurements."""
+    """The components of one preset (its :class:`genneg.Experiment`), built once and shared
+    by the measurements."""
 
     def __init__(self, preset: str, cfg, registry, device="cpu", seed: int = 0):
-        from genneg.engine.runner import stage_generator
-
         self.preset, self.cfg, self.registry = preset, cfg, registry
         self.device = torch.device(device)
         self.gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        self.process = build.make_process(cfg.process)
         t0 = time.perf_counter()
-        self.dataset = build.make_dataset(registry, cfg.dataset)
-        root = str(Path(cfg.data_root).expanduser())
-        self.splits = self.dataset.load(root, stage_generator(cfg.seed, "data", "split"))
-        self.load_seconds = time.perf_counter() - t0
-        self.oracle = build.make_oracle(registry, cfg.oracle, dataset=self.dataset)
+        self.exp = Experiment.from_config(cfg, registry=registry, device=device)
+        self.load_seconds = time.perf_counter() - t0  # building the parts, the data's load
+        self.process, self.oracle = self.exp.process, self.exp.oracle
         self.sampler_fn = registry.get("samplers", cfg.sampling.sampler)
-        self.train = self.splits.train
+        self.train = self.exp.splits.train
 
     def denoiser(self):
-        net = build.make_denoiser(self.registry, self.cfg.denoiser, self.process)
-        return net.to(self.device).eval().requires_grad_(False)
+        return self.exp.new_denoiser().eval().requires_grad_(False)
 
     def classifier(self):
-        clf = build.make_classifier(self.registry, self.cfg.classifier.network, self.process)
-        return clf.to(self.device).eval().requires_grad_(False)
+        return self.exp.new_classifier().eval().requires_grad_(False)
 
     def batch(self, n: int) -> DataSplit:
         idx = rng.randint(len(self.train), (n,), self.gen)
@@ -215,13 +206,10 @@ def bench_training(dom: Domain, report, sizes: DomainSizes) -> list[dict]:
         el = None
         labels = (torch.rand(n, generator=dom.gen) < 0.5).to(dom.device)
     pi1 = min(max(float(labels.float().mean()), 0.01), 0.99)
-    weights = label_weights(labels, 0.5, dom.cfg.classifier.weighting, pi1)
+    loss_c = ClassifierLoss(dom.process, alpha=0.5, weighting=dom.cfg.classifier.weighting, pi1=pi1)
 
     def clf_loss():
-        sigma = dom.process.sample_classifier_sigma(n, dom.gen, dom.device)
-        xt = batch.x + broadcast(sigma, batch.x) * torch.randn_like(batch.x)
-        logits = clf(xt, sigma, **batch.cond)
-        return weighted_bce(logits, labels, weights, element_labels=el, mask=mask)
+        return loss_c(clf, batch.x, batch.cond, labels, el, dom.gen)
 
     out.append(_time_training_step(dom, report, sizes, "classifier", clf, clf_loss, n))
     sync(dom.device)

@@ -15,6 +15,9 @@ from torch import nn
 from genneg import rng
 from genneg.diffusion.shapes import broadcast, per_sample
 
+#: Sampling steps when a config leaves them to the process (EDM's 18 levels, 35 Heun NFE).
+DEFAULT_STEPS = 18
+
 
 def _positive(instance, attribute, value):
     if not value > 0:
@@ -88,8 +91,10 @@ class EDMProcess:
         return torch.exp(lo + (hi - lo) * u)
 
     # --- sampling ---
-    def sampling_sigmas(self, steps: int, device=None) -> torch.Tensor:
-        """Karras' schedule (EDM Eq. 5) of ``steps`` levels, followed by 0."""
+    def sampling_sigmas(self, steps: int | None = None, device=None) -> torch.Tensor:
+        """Karras' schedule (EDM Eq. 5) of ``steps`` levels (``None``: EDM's default of
+        :data:`DEFAULT_STEPS`), followed by 0."""
+        steps = DEFAULT_STEPS if steps is None else steps
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         rho = self.config.rho
@@ -107,10 +112,12 @@ class EDMProcess:
         return self.sigma_max
 
 
-class EDMDenoiser(nn.Module):
-    """``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` (EDM's ``EDMPrecond``)."""
+class PreconditionedDenoiser(nn.Module):
+    """A denoiser ``D(x; sigma)`` around a raw network ``F`` that sees ``c_in(sigma) x`` and
+    ``c_noise(sigma)`` (EDM's ``EDMPrecond``, k-diffusion's ``Denoiser``); :meth:`output` turns
+    ``F``'s output into the x0 estimate, as the process defines it."""
 
-    def __init__(self, network: nn.Module, process: EDMProcess):
+    def __init__(self, network: nn.Module, process):
         super().__init__()
         self.network = network
         self.process = process
@@ -119,5 +126,15 @@ class EDMDenoiser(nn.Module):
         p = self.process
         sigma = per_sample(sigma, x)
         s = broadcast(sigma, x)
-        out = self.network(p.c_in(s) * x, p.c_noise(sigma), **cond)
+        return self.output(x, s, self.network(p.c_in(s) * x, p.c_noise(sigma), **cond))
+
+    def output(self, x: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class EDMDenoiser(PreconditionedDenoiser):
+    """``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` (EDM Table 1; the paper's Eq. 34)."""
+
+    def output(self, x, s, out):
+        p = self.process
         return p.c_skip(s) * x + p.c_out(s) * out

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from genneg import rng
-from genneg.diffusion.shapes import broadcast, per_sample
+from genneg.diffusion.edm import PreconditionedDenoiser
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "x0")
@@ -142,19 +142,10 @@ class VPProcess:
         return math.sqrt(1.0 + self.sigma_max**2)
 
 
-class VPDenoiser(nn.Module):
+class VPDenoiser(PreconditionedDenoiser):
     """``D(x; sigma)`` from a DDPM network: ``x - sigma * eps_hat`` or ``x0_hat``."""
 
-    def __init__(self, network: nn.Module, process: VPProcess):
-        super().__init__()
-        self.network = network
-        self.process = process
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
-        p = self.process
-        sigma = per_sample(sigma, x)
-        s = broadcast(sigma, x)
-        out = self.network(p.c_in(s) * x, p.c_noise(sigma), **cond)
-        if p.config.prediction == "eps":
+    def output(self, x, s, out):
+        if self.process.config.prediction == "eps":
             return x - s * out
         return out

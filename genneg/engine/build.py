@@ -1,17 +1,35 @@
-"""Building components named in a config from the plugin registry."""
+"""Building the components named in a config from the plugin registry, and the run's device."""
 
 from __future__ import annotations
 
 import inspect
 
-from genneg import components
+import torch
+
+from genneg import components, distributed
 from genneg.diffusion.edm import EDMConfig, EDMProcess
 from genneg.diffusion.vp import VPConfig, VPProcess
+from genneg.errors import BuildError, RunError
 from genneg.guidance import TimeClassifier
 
+__all__ = ["BuildError", "make_classifier", "make_dataset", "make_denoiser", "make_oracle"]
+__all__ += ["make_process", "resolve_device"]
 
-class BuildError(ValueError):
-    """A component could not be built from its config entry."""
+
+def resolve_device(name: str) -> torch.device:
+    """The run's device; a CUDA device on a machine without one is a clear error."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise RunError(f"device {name!r} is not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(
+            f"device {name!r} asked for, but torch sees no CUDA device here; "
+            'pass --set device="cpu"'
+        )
+    if device.type == "cuda" and device.index is None and distributed.is_distributed():
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
+    return device
 
 
 def make_process(spec):
@@ -23,33 +41,23 @@ def make_process(spec):
         raise BuildError(f"process ({spec.kind}) options: {exc}") from None
 
 
-def _wants(factory, name: str) -> bool:
-    try:
-        return name in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _call_factory(registry, kind: str, spec, where: str, **context):
-    """``factory(**options)``, plus each ``context`` keyword the factory declares."""
+def _call_factory(registry, kind: str, spec, where: str):
+    """``factory(**options)``; options the factory does not take are named."""
     factory = registry.get(kind, spec.name)
-    extra = {k: v for k, v in context.items() if k not in spec.options and _wants(factory, k)}
     try:
-        inspect.signature(factory).bind(**spec.options, **extra)
+        inspect.signature(factory).bind(**spec.options)
     except TypeError as exc:
         raise BuildError(f"{where}: {spec.name!r} does not accept these options: {exc}") from None
     except ValueError:  # no signature available (builtins): let the call itself complain
         pass
     try:
-        return factory(**spec.options, **extra)
+        return factory(**spec.options)
     except (TypeError, ValueError) as exc:
         raise BuildError(f"{where}: building {spec.name!r} failed: {exc}") from exc
 
 
-def make_oracle(registry, spec, dataset=None):
-    """Build the oracle; a factory with a ``dataset`` parameter receives the run's (loaded)
-    dataset, so an oracle can read what the dataset built (e.g. map polygons)."""
-    oracle = _call_factory(registry, "oracles", spec, "oracle", dataset=dataset)
+def make_oracle(registry, spec):
+    oracle = _call_factory(registry, "oracles", spec, "oracle")
     components.check_oracle(oracle)
     return oracle
 

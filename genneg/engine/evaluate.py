@@ -1,17 +1,104 @@
-"""Metrics of one stage: infraction rates (with standard errors), ELBO and sampling cost."""
+"""Evaluation of one stage: infraction rates (with standard errors), ELBO, sampling cost, and
+the stage's sample plot; written to the run directory."""
 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from tqdm.auto import tqdm
 
 from genneg import distributed
 from genneg.components import DataSplit, OracleResult
-from genneg.diffusion.loss import real_dims
+from genneg.diffusion.shapes import real_dims
 from genneg.elbo import ddpm_elbo, edm_elbo
-from genneg.engine.synth import label_batch
+from genneg.engine.labelling import Labelled
+from genneg.engine.rundir import atomic_path
+from genneg.engine.sampling import CountingDenoiser
+from genneg.rng import stage_generator
+
+
+def evaluate_stage(exp, stage: str, model, rd, *, progress: bool = False) -> dict:
+    """Sample ``cfg.eval.n_samples`` from ``model``, label them, estimate its ELBO on held-out
+    points (the same points and noise for every stage of a run), record the row in ``rd``'s
+    metrics and log, plot the samples; returns the row."""
+    cfg = exp.cfg
+    rd.log(
+        f"{stage}: evaluating ({cfg.eval.n_samples} samples, ELBO on "
+        f"{cfg.eval.elbo_points} {cfg.eval.elbo_split} points)"
+    )
+    counting = CountingDenoiser(model)
+    gen = stage_generator(cfg.seed, stage, "eval-samples")
+    lo, hi = distributed.share(cfg.eval.n_samples)  # this rank's share (all of them in one)
+    t0 = time.perf_counter()
+    samples = None
+    if hi > lo:
+        samples = exp.sample(counting, hi - lo, distributed.rank_generator(gen), progress=progress)
+    seconds = time.perf_counter() - t0
+    labelled = exp.label(samples) if samples is not None else None
+    evals = counting.sample_evals
+    if distributed.is_distributed():
+        labelled = gather_labelled(labelled, exp.oracle.categories)
+        evals = distributed.all_reduce_sum([evals])[0]
+        seconds = distributed.all_reduce_sum([seconds], op="max")[0]
+    metrics = infraction_metrics(exp.oracle, labelled)
+    n = metrics["n"]
+    elbo = elbo_metrics(
+        model,
+        getattr(exp.splits, cfg.eval.elbo_split),
+        exp.process,
+        k=cfg.eval.elbo_k,
+        points=cfg.eval.elbo_points,
+        kind=cfg.eval.elbo,
+        generator=stage_generator(cfg.seed, "eval", "elbo"),
+        progress=progress,
+    )
+    row = {
+        "stage": stage,
+        **metrics,
+        **elbo,
+        "nfe_per_sample": evals / n,
+        "seconds_per_sample": seconds / n,
+        "n_classifiers": len(getattr(model, "classifiers", ())),
+    }
+    rd.metric("eval", **row)
+    rd.log(
+        f"{stage}: infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} %,"
+        f" {row['elbo_kind']} {row['elbo']:.4f} ± {row['elbo_se']:.4f} nats/dim"
+    )
+    if distributed.is_main():
+        plot_samples(exp, labelled, rd.path / "plots" / f"samples_{stage}.png", stage)
+    return row
+
+
+def plot_samples(exp, labelled: Labelled, path, stage: str) -> None:
+    """The dataset's picture of the first ``cfg.eval.plot_samples`` finite samples (see
+    :meth:`genneg.Dataset.plot_samples`; datasets without one draw nothing)."""
+    result = labelled.result
+    if result is None:
+        return
+    n = min(exp.cfg.eval.plot_samples, len(labelled.samples))
+    part = labelled.samples.index(torch.arange(n))
+    sub = OracleResult(
+        valid=result.valid[:n],
+        categories={k: v[:n] for k, v in result.categories.items()},
+        element_valid=None if result.element_valid is None else result.element_valid[:n],
+    )
+    with atomic_path(path) as tmp:
+        exp.dataset.plot_samples(part, sub, str(tmp), f"{exp.cfg.name}: {stage}")
+
+
+def data_ceiling(exp) -> float | None:
+    """The true data's mean log-density (nats/dim) on the ELBO's points, where the dataset
+    knows it: the ceiling the ELBO is measured against."""
+    split = getattr(exp.splits, exp.cfg.eval.elbo_split)
+    n = min(exp.cfg.eval.elbo_points, len(split))
+    part = split.index(torch.arange(n)).to("cpu")
+    logp = exp.dataset.log_density(part.x)
+    if logp is None:
+        return None
+    return float((logp / real_dims(part.x, part.cond)).mean())
 
 
 def rate(count: int, n: int) -> tuple[float, float]:
@@ -22,12 +109,10 @@ def rate(count: int, n: int) -> tuple[float, float]:
     return 100 * p, 100 * math.sqrt(p * (1 - p) / n)
 
 
-def infraction_metrics(oracle, oracle_name, samples, labelled=None):
-    """Infraction % (+- s.e.) overall, per category and per element; non-finite samples count
-    as infractions in their own category ``non-finite``. ``labelled``: the
-    ``(finite, part, result)`` of ``samples`` if they were labelled already (``samples`` may
-    then be ``None``)."""
-    finite, part, result = labelled or label_batch(oracle, oracle_name, samples)
+def infraction_metrics(oracle, labelled: Labelled) -> dict:
+    """Infraction % (+- s.e.) overall, per category and per element of a labelled batch;
+    non-finite samples count as infractions in their own category ``non-finite``."""
+    finite, part, result = labelled.finite, labelled.samples, labelled.result
     n = len(finite)
     n_bad = int((~finite).sum())
     n_invalid = n_bad + (0 if result is None else int((~result.valid).sum()))
@@ -47,13 +132,15 @@ def infraction_metrics(oracle, oracle_name, samples, labelled=None):
         real = mask if mask is not None else torch.ones_like(ev)
         bad = int((~ev & real).sum())
         out["element_infraction"], out["element_infraction_se"] = rate(bad, int(real.sum()))
-    return out, finite, part, result
+    return out
 
 
-def gather_labelled(labelled, categories):
-    """Every rank's ``(finite, part, result)`` (``labelled`` may be ``None`` on a rank that
-    drew nothing), concatenated in rank order on every rank."""
-    finite, part, result = labelled if labelled is not None else (None, None, None)
+def gather_labelled(labelled: Labelled | None, categories) -> Labelled:
+    """Every rank's labelled batch (``None`` on a rank that drew nothing), concatenated in rank
+    order on every rank."""
+    finite, part, result = (
+        (labelled.finite, labelled.samples, labelled.result) if labelled else (None, None, None)
+    )
     k = 0 if result is None else len(result.valid)
     finite = distributed.all_gather_tensor(
         finite if finite is not None else torch.zeros(0, dtype=torch.bool)
@@ -73,8 +160,9 @@ def gather_labelled(labelled, categories):
     if distributed.all_reduce_sum([int(ev is not None)])[0]:
         ev = distributed.all_gather_tensor(ev if ev is not None else none)
     if len(valid) == 0:
-        return finite, part, None
-    return finite, part, OracleResult(valid=valid, categories=cats, element_valid=ev)
+        return Labelled(finite=finite, samples=part, result=None)
+    result = OracleResult(valid=valid, categories=cats, element_valid=ev)
+    return Labelled(finite=finite, samples=part, result=result)
 
 
 def elbo_metrics(

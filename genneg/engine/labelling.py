@@ -13,13 +13,45 @@ import multiprocessing
 import pickle
 from concurrent.futures import ProcessPoolExecutor
 
+import attrs
 import torch
 
 from genneg.components import DataSplit, OracleResult, validate_oracle_result
+from genneg.errors import OracleError
+
+__all__ = ["Labelled", "OracleError", "OracleLabeller", "label_batch"]
 
 
-class OracleError(ValueError):
-    """An oracle raised, or returned something that is not a valid :class:`OracleResult`."""
+@attrs.frozen(kw_only=True)
+class Labelled:
+    """A labelled batch of samples.
+
+    :ivar finite: bool ``[B]`` over every row drawn: False where the sample had NaN/inf
+        (never shown to the oracle, counted as an infraction of its own kind).
+    :ivar samples: the finite rows, what the oracle labelled.
+    :ivar result: the oracle's :class:`OracleResult` for ``samples``; ``None`` when no row
+        was finite.
+    """
+
+    finite: torch.Tensor
+    samples: DataSplit
+    result: OracleResult | None
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """bool ``[B]`` over every row drawn: True where the sample is finite and valid."""
+        valid = torch.zeros(len(self.finite), dtype=torch.bool)
+        if self.result is not None:
+            valid[self.finite.nonzero().squeeze(1)] = self.result.valid.cpu()
+        return valid
+
+    def counts(self) -> tuple[int, int, int]:
+        """``(valid, infracting, non-finite)`` row counts."""
+        n_bad = int((~self.finite).sum())
+        if self.result is None:
+            return 0, 0, n_bad
+        n_pos = int(self.result.valid.sum())
+        return n_pos, len(self.result.valid) - n_pos, n_bad
 
 
 def _call_oracle(oracle, name: str, part: DataSplit):
@@ -46,16 +78,15 @@ def _split_finite(batch: DataSplit):
     return finite, part
 
 
-def label_batch(oracle, name: str, batch: DataSplit):
-    """Label a batch; non-finite samples are never shown to the oracle: they are returned as
-    invalid in a separate mask. Oracles are CPU programs: the batch is moved to the CPU first.
-    Returns ``(finite_mask, finite_rows, result_for_finite_rows)``. An oracle that raises or
+def label_batch(oracle, name: str, batch: DataSplit) -> Labelled:
+    """Label a batch; non-finite samples are never shown to the oracle (see :class:`Labelled`).
+    Oracles are CPU programs: the batch is moved to the CPU first. An oracle that raises or
     returns a malformed result is reported as :class:`OracleError`, naming it."""
     finite, part = _split_finite(batch)
     result = _call_oracle(oracle, name, part) if len(part) else None
     if result is not None:
         _validate(result, len(part), oracle, name)
-    return finite, part, result
+    return Labelled(finite=finite, samples=part, result=result)
 
 
 _WORKER_ORACLE = None
@@ -105,7 +136,7 @@ class OracleLabeller:
         """Start labelling ``batch``; returns a handle for :meth:`result`."""
         finite, part = _split_finite(batch)
         if self.pool is None or not len(part):
-            return finite, part, label_batch(self.oracle, self.name, batch)[2]
+            return label_batch(self.oracle, self.name, batch)
         bounds = torch.linspace(0, len(part), self.workers + 1).round().long().tolist()
         futures = []
         for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -114,14 +145,12 @@ class OracleLabeller:
                 futures.append((hi - lo, self.pool.submit(_label_in_worker, chunk.x, chunk.cond)))
         return finite, part, futures
 
-    def result(self, handle):
-        """``(finite_mask, finite_rows, result)`` of a submitted batch, as :func:`label_batch`
-        returns them."""
-        if handle is None:
-            return None
+    def result(self, handle) -> Labelled | None:
+        """The :class:`Labelled` batch of a submitted handle, as :func:`label_batch` returns
+        it."""
+        if handle is None or isinstance(handle, Labelled):
+            return handle
         finite, part, pending = handle
-        if not isinstance(pending, list):
-            return finite, part, pending
         results = []
         for n, future in pending:
             try:
@@ -132,9 +161,9 @@ class OracleLabeller:
                     f"process): {type(exc).__name__}: {exc}"
                 ) from exc
             results.append(_validate(res, n, self.oracle, self.name))
-        return finite, part, _concat(results, self.name)
+        return Labelled(finite=finite, samples=part, result=_concat(results, self.name))
 
-    def label(self, batch: DataSplit):
+    def label(self, batch: DataSplit) -> Labelled:
         """Label ``batch`` now (chunks in parallel with a pool)."""
         return self.result(self.submit(batch))
 

@@ -19,19 +19,24 @@ checkpoints load with ``weights_only=True`` and a corrupt one is reported, not u
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import pickletools
 import platform
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from genneg import config as config_mod
+from genneg.errors import CheckpointError, RunError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt or unsafe to load."""
+#: Bookkeeping keys of a metrics line, not part of the event's record.
+_EVENT_KEYS = ("event", "time")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -114,6 +119,8 @@ class RunDir:
         _append_line(self.path / "metrics.jsonl", json.dumps(record))
 
     def read_metrics(self, event: str | None = None) -> list[dict]:
+        """The records of ``metrics.jsonl`` (of one ``event`` kind if given), in order; a line
+        cut by a killed run is skipped."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
@@ -128,6 +135,16 @@ class RunDir:
             if event is None or rec.get("event") == event:
                 out.append(rec)
         return out
+
+    def read_evals(self) -> dict[str, dict]:
+        """The evaluation row of each finished stage, by stage, as the run computed it (the
+        line's bookkeeping keys ``event`` and ``time`` left out)."""
+        done = set(self.state()["done"])
+        rows = {}
+        for rec in self.read_metrics("eval"):
+            if rec.get("stage") in done:
+                rows[rec["stage"]] = {k: v for k, v in rec.items() if k not in _EVENT_KEYS}
+        return rows
 
     # --- state ---
     def state(self) -> dict:
@@ -150,8 +167,8 @@ class RunDir:
         return self.path / "ckpt" / f"{stage}.pt"
 
     def save(self, stage: str, modules: dict, config_toml: str, extra: dict | None = None):
-        import io
-
+        """Write ``ckpt/<stage>.pt``: the modules' state dicts, the config, versions, the RNG
+        state and ``extra`` (plain data), atomically."""
         if not self.write:
             return
         payload = {
@@ -175,15 +192,85 @@ def load_checkpoint(path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "Unsupported global" in str(exc) or "weights_only" in str(exc):
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-            text = f"it would import {found.group(1)}" if found else text
+        if "weights_only" in str(exc) or "GLOBAL" in str(exc):
+            names = _foreign_globals(path)
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = names[0] if names else found.group(1) if found else "Python objects"
             raise CheckpointError(
-                f"refusing to load {path}: it contains pickled Python objects, not only "
-                f"tensors ({text})"
+                f"refusing to load {path}: it holds pickled Python objects, not only tensors "
+                f"(loading it would import {what}); genneg never runs code from a checkpoint"
             ) from None
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {text}") from None
     if not isinstance(payload, dict) or "modules" not in payload:
         raise CheckpointError(f"{path} is not a genneg checkpoint (no 'modules' entry)")
     return payload
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """The globals (``module.name``) other than torch's and ``collections``' that the pickle
+    of a ``torch.save`` archive would import, read with :mod:`pickletools` (nothing runs)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            data = archive.read(name)
+    except (zipfile.BadZipFile, StopIteration, OSError, KeyError):
+        return []
+    found, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                found.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+    except Exception:  # a damaged pickle: report what was read before the damage
+        pass
+    return [g for g in found if g.split(".")[0] not in ("torch", "collections", "_codecs")]
+
+
+def load_modules(path, modules: dict) -> dict:
+    """Load the state dicts of checkpoint ``path`` into ``modules`` (key -> module); a
+    missing key or weights that do not fit raise :class:`CheckpointError` naming both."""
+    payload = load_checkpoint(path)
+    for key, module in modules.items():
+        if key not in payload["modules"]:
+            keys = ", ".join(sorted(payload["modules"])) or "none"
+            raise CheckpointError(f"{path} has no {key!r} weights (it has: {keys})")
+        try:
+            module.load_state_dict(payload["modules"][key])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: {key!r} weights do not fit the model: {exc}") from None
+    return payload
+
+
+def prepare_rundir(cfg, out, *, resume: bool, quiet: bool) -> RunDir:
+    """The run directory ``out`` for ``cfg``: a new one, or with ``resume`` an existing one
+    whose ``config.toml`` matches (a mismatch names the differing keys)."""
+    rd = RunDir(out, quiet=quiet)
+    toml_path = rd.path / "config.toml"
+    text = config_mod.dumps_toml(cfg)
+    if toml_path.exists():
+        if not resume and rd.state()["done"]:
+            raise RunError(
+                f"{rd.path} already holds a run; pass --resume to continue it or "
+                "choose another --out"
+            )
+        if resume and toml_path.read_text() != text:
+            old = config_mod.to_dict(config_mod.from_dict(config_mod.load_toml(toml_path)))
+            diff = _diff_keys(old, config_mod.to_dict(cfg))
+            raise RunError(f"cannot resume {rd.path}: its config differs in {', '.join(diff)}")
+    atomic_write_text(toml_path, text)
+    return rd
+
+
+def _diff_keys(a, b, prefix=""):
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys

@@ -40,7 +40,7 @@ class ModelSampler:
     ):
         self.sampler_fn = sampler_fn
         self.process = process
-        self.sigmas = process.sampling_sigmas(steps) if steps else process.sampling_sigmas()
+        self.sigmas = process.sampling_sigmas(steps or None)  # 0: the process' default
         self.options = dict(options)
         self.train = train
         self.batch_size = batch_size

@@ -8,14 +8,10 @@ from tqdm.auto import tqdm
 
 from genneg import distributed
 from genneg.components import DataSplit
-from genneg.engine.labelling import OracleError, OracleLabeller, label_batch
+from genneg.engine.labelling import OracleLabeller
+from genneg.errors import ClassTooRareError
 
-__all__ = ["LabelledSet", "NoNegativesError", "OracleError", "SynthResult", "draw_labelled"]
-__all__ += ["label_batch"]  # re-exported: callers import it from here
-
-
-class NoNegativesError(RuntimeError):
-    """The model made too few infracting (or too few valid) samples within the budget."""
+__all__ = ["ClassTooRareError", "LabelledSet", "SynthResult", "draw_labelled"]
 
 
 @attrs.frozen(kw_only=True)
@@ -38,6 +34,18 @@ class LabelledSet:
     def index(self, idx):
         el = None if self.element_labels is None else self.element_labels[idx]
         return LabelledSet(data=self.data.index(idx), labels=self.labels[idx], element_labels=el)
+
+    @classmethod
+    def cat(cls, sets: list[LabelledSet]) -> LabelledSet:
+        """The rows of ``sets``, in order."""
+        data = DataSplit(
+            x=torch.cat([s.data.x for s in sets]),
+            cond={k: torch.cat([s.data.cond[k] for s in sets]) for k in sets[0].data.cond},
+        )
+        labels = torch.cat([s.labels for s in sets])
+        els = sets[0].element_labels
+        els = None if els is None else torch.cat([s.element_labels for s in sets])
+        return cls(data=data, labels=labels, element_labels=els)
 
 
 @attrs.frozen(kw_only=True)
@@ -68,16 +76,6 @@ class SynthResult:
             "kept_positive": len(self.positives),
             "kept_negative": len(self.negatives),
         }
-
-
-def _cat(sets: list[LabelledSet]) -> LabelledSet:
-    data = DataSplit(
-        x=torch.cat([s.data.x for s in sets]),
-        cond={k: torch.cat([s.data.cond[k] for s in sets]) for k in sets[0].data.cond},
-    )
-    labels = torch.cat([s.labels for s in sets])
-    els = None if sets[0].element_labels is None else torch.cat([s.element_labels for s in sets])
-    return LabelledSet(data=data, labels=labels, element_labels=els)
 
 
 def draw_labelled(
@@ -142,7 +140,7 @@ def draw_labelled(
                 nxt = _guard(start, drawn + b)  # sampled while the pool labels
             got = _guard(labeller.result, pending.value) if pending.ok else pending
             failed = not (got.ok and pending.ok and (nxt is None or nxt.ok))
-            local = (0, 0, 0) if failed or got.value is None else _counts(got.value)
+            local = (0, 0, 0) if failed or got.value is None else got.value.counts()
             counts = distributed.all_reduce_sum([*local, int(failed)])
             if counts[3]:
                 for box in (pending, got, nxt):
@@ -153,10 +151,10 @@ def draw_labelled(
             n_pos, n_neg, n_bad = n_pos + counts[0], n_neg + counts[1], n_bad + counts[2]
             drawn += b
             bar.update(b)
-            if got.value is not None and got.value[2] is not None:
-                _, part, result = got.value
+            if got.value is not None and got.value.result is not None:
+                result = got.value.result
                 labelled = LabelledSet(
-                    data=part, labels=result.valid, element_labels=result.element_valid
+                    data=got.value.samples, labels=result.valid, element_labels=result.element_valid
                 )
                 is_pos = result.valid
                 take_pos = is_pos.nonzero().squeeze(1)[: min(n - k_pos, n - before[0])]
@@ -190,7 +188,7 @@ def draw_labelled(
     if k_neg < cfg.min_per_class or k_pos < cfg.min_per_class:
         which = "infracting" if k_neg < cfg.min_per_class else "valid"
         what = "(almost) no infractions" if which == "infracting" else "almost no valid samples"
-        raise NoNegativesError(
+        raise ClassTooRareError(
             f"only {min(k_neg, k_pos)} {which} samples in {drawn} drawn (budget "
             f"synth.max_samples={cfg.max_samples}, need synth.min_per_class={cfg.min_per_class}):"
             f" the model has {what} left to learn from"
@@ -227,21 +225,12 @@ def _guard(fn, *args) -> _Box:
         return _Box(False, exc)
 
 
-def _counts(labelled) -> tuple[int, int, int]:
-    finite, _, result = labelled
-    n_bad = int((~finite).sum())
-    if result is None:
-        return 0, 0, n_bad
-    n_pos = int(result.valid.sum())
-    return n_pos, len(result.valid) - n_pos, n_bad
-
-
 def _gather(tagged: list, limit: int) -> LabelledSet | None:
     """Every rank's kept rows in (round, rank, draw) order, the first ``limit`` of them."""
     if not distributed.is_distributed():
-        return _cat([s for _, s in tagged]) if tagged else None
+        return LabelledSet.cat([s for _, s in tagged]) if tagged else None
     if tagged:
-        local = _cat([s for _, s in tagged])
+        local = LabelledSet.cat([s for _, s in tagged])
         rounds = torch.cat([torch.full((len(s),), r, dtype=torch.int64) for r, s in tagged])
     else:
         local, rounds = None, torch.zeros(0, dtype=torch.int64)

@@ -1,86 +1,26 @@
-"""A small, shared optimisation loop (Adam, warm-up, clipping, progress, loss log)."""
+"""Training loops: one shared optimisation loop (Adam, warm-up, clipping, progress, loss log)
+and the two trainers of Algorithm 1 built on it, the baseline DM (Eq. 5) and a guidance
+classifier (Eq. 13). The losses themselves live in :mod:`genneg.losses`."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from tqdm.auto import tqdm
 
 from genneg import distributed, rng
-from genneg.diffusion.loss import masked_sum, real_dims
-from genneg.diffusion.shapes import broadcast
+from genneg.losses import ClassifierLoss, DenoisingLoss
 
 
 def minibatch(split, batch_size: int, generator):
-    """A random minibatch of a :class:`DataSplit`; the whole split when it is smaller
-    (the paper's full-batch training on 1000 checkerboard points)."""
+    """A random minibatch of a :class:`DataSplit` (or a ``LabelledSet``); the whole split when
+    it is smaller (the paper's full-batch training on 1000 checkerboard points)."""
     n = len(split)
     if batch_size >= n:
         return split
     return split.index(rng.randint(n, (batch_size,), generator))
 
 
-def shard_rows(n: int) -> tuple[slice, float] | None:
-    """This rank's rows of a global batch of ``n`` and the factor that turns the mean over
-    them into its share of the global mean; ``None`` in a single process (use every row)."""
-    if not distributed.is_distributed():
-        return None
-    start, stop = distributed.share(n)
-    return slice(start, stop), (stop - start) / n
-
-
-def sharded_mean(mean_fn, n: int):
-    """The mean of a loss over a global batch of ``n`` rows, computed on this rank's rows only.
-
-    ``mean_fn(rows)`` returns the mean loss over ``rows`` (a slice). Under torch.distributed
-    the result is scaled by this rank's share of the rows, so that the ranks' values (and
-    gradients) add up to the global mean: train with ``fit(..., sharded=True)``. In one
-    process: ``mean_fn(slice(None))``, today's computation."""
-    part = shard_rows(n)
-    if part is None:
-        return mean_fn(slice(None))
-    rows, weight = part
-    if rows.stop == rows.start:
-        return mean_fn(slice(0, 1)) * 0.0  # no rows here: a zero that still has a graph
-    return mean_fn(rows) * weight
-
-
-def cond_rows(cond: dict, rows) -> dict:
-    """The rows ``rows`` (a slice or an index) of every tensor of ``cond``."""
-    return {k: v[rows] for k, v in cond.items()}
-
-
-def denoising_loss(loss, denoiser, x0, cond, generator):
-    """``loss(denoiser, x0, cond, generator)`` (a :class:`DenoisingLoss`), with the network
-    evaluated on this rank's rows only under torch.distributed. Every rank draws the whole
-    batch's noise levels and noise from the shared generator, in the same order as
-    ``DenoisingLoss.per_sample``, so the ranks' shares add up to the one-process loss."""
-    if not distributed.is_distributed():
-        return loss(denoiser, x0, cond, generator)
-    process = loss.process
-    sigma = process.sample_training_sigma(x0.shape[0], generator, x0.device)
-    noise = rng.randn(x0.shape, generator, x0.device, x0.dtype)
-
-    def mean_fn(rows):
-        x, s, c = x0[rows], sigma[rows], cond_rows(cond, rows)
-        denoised = denoiser(x + broadcast(s, x) * noise[rows], s, **c)
-        err = broadcast(process.loss_weight(s), x) * (denoised - x) ** 2
-        return (masked_sum(err, c) / real_dims(x, c)).mean()
-
-    return sharded_mean(mean_fn, x0.shape[0])
-
-
-def fit(
-    params,
-    loss_fn,
-    cfg,
-    *,
-    desc: str,
-    progress: bool = True,
-    log=None,
-    sharded: bool = False,
-):
+def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sharded=False):
     """Minimise ``loss_fn(step)`` for ``cfg.steps`` Adam steps; returns ``[(step, loss)]``
     averaged over each ``cfg.log_every`` window. A non-finite loss stops training with an
     error naming the step.
@@ -88,8 +28,8 @@ def fit(
     Under torch.distributed the parameters start from rank 0's and the gradients are
     all-reduced after each backward pass, so every rank takes the same step (as
     DistributedDataParallel does): summed when ``sharded`` (each rank's loss is its share of
-    one global batch, see :func:`sharded_mean`), else averaged. Only rank 0 logs and shows
-    a progress bar. In one process this is plain Adam."""
+    one global batch, as :mod:`genneg.losses` computes them), else averaged. Only rank 0 logs
+    and shows a progress bar. In one process this is plain Adam."""
     params = [p for p in params if p.requires_grad]
     multi = distributed.is_distributed()
     if multi:
@@ -127,5 +67,44 @@ def fit(
     return history
 
 
-def loss_is_sane(history) -> bool:
-    return all(math.isfinite(v) for _, v in history)
+def train_denoiser(denoiser, data, *, process, train, generator, progress=True, log=None):
+    """Fit ``denoiser`` in place on ``data`` (a :class:`DataSplit`) with Eq. (5)."""
+    loss = DenoisingLoss(process)
+
+    def loss_fn(step):
+        batch = minibatch(data, train.batch_size, generator)
+        return loss(denoiser, batch.x, batch.cond, generator)
+
+    params = denoiser.parameters()
+    return fit(params, loss_fn, train, desc="baseline", progress=progress, log=log, sharded=True)
+
+
+def classifier_training_set(synth, weighting: str):
+    """The balanced set D+ u D- (Algorithm 1), or the natural-ratio set for ``imbalanced``."""
+    if weighting == "imbalanced":
+        if synth.natural is None:
+            raise ValueError("the imbalanced ablation needs the natural-ratio set")
+        return synth.natural
+    return type(synth.positives).cat([synth.positives, synth.negatives])
+
+
+def train_classifier(
+    classifier, synth, *, weighting, process, train, generator, progress=True, log=None
+):
+    """Fit ``classifier`` (a :class:`genneg.guidance.TimeClassifier`) in place on a synthetic
+    set (:class:`genneg.engine.synth.SynthResult`) with the importance-weighted BCE of
+    Eq. (13) (or an ablation)."""
+    data = classifier_training_set(synth, weighting).to(next(classifier.parameters()).device)
+    if classifier.granularity == "element" and data.element_labels is None:
+        raise ValueError("a per-element classifier needs an oracle that returns element_valid")
+    pi1 = float(data.labels.float().mean())
+    loss = ClassifierLoss(process, alpha=synth.alpha, weighting=weighting, pi1=pi1)
+
+    def loss_fn(step):  # rows drawn with replacement, also when the set is smaller
+        n = len(data)
+        batch = data.index(rng.randint(n, (min(train.batch_size, n),), generator))
+        x0, cond = batch.data.x, batch.data.cond
+        return loss(classifier, x0, cond, batch.labels, batch.element_labels, generator)
+
+    params = classifier.parameters()
+    return fit(params, loss_fn, train, desc="classifier", progress=progress, log=log, sharded=True)

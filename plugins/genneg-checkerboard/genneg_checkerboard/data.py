@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from genneg.components import Dataset, DataSplit, Oracle, OracleResult, Splits
+from genneg import Dataset, DataSplit, Oracle, OracleResult, Splits
 from genneg_checkerboard.geometry import Board
 
 
@@ -36,6 +36,12 @@ class CheckerboardDataset(Dataset):
 
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
         return self.board.log_density(x)
+
+    def plot_samples(self, samples: DataSplit, result: OracleResult, path: str, title: str):
+        """Fig. 2: the samples, infracting ones in brown."""
+        from genneg_checkerboard.plots import scatter_2d
+
+        scatter_2d(samples.x, result.valid, path, title)
 
 
 class CheckerboardOracle(Oracle):

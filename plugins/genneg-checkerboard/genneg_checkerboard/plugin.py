@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from genneg import hookimpl
-from genneg.config import (
+from genneg import (
     ClassifierConfig,
     ComponentSpec,
     DistillConfig,
@@ -15,6 +14,7 @@ from genneg.config import (
     SamplingConfig,
     SynthConfig,
     TrainConfig,
+    hookimpl,
 )
 from genneg_checkerboard.data import CheckerboardDataset, CheckerboardOracle
 from genneg_checkerboard.network import ResidualMLP, ResidualMLPClassifier

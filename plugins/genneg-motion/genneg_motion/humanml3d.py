@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genneg.components import Dataset, DataSplit, Splits
+from genneg import Dataset, DataSplit, Splits
 from genneg_motion import skeleton as sk
 from genneg_motion.splits import pack
 from genneg_motion.synthetic import MotionPlotMixin

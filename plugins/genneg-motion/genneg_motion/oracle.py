@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from genneg.components import Oracle, OracleResult
+from genneg import Oracle, OracleResult
 from genneg_motion.features import joint_heights
 from genneg_motion.splits import denormalise
 

@@ -50,7 +50,7 @@ def register_presets(register):
 
 
 @hookimpl
-def register_commands(cli):
+def register_commands(register):
     from genneg_motion.commands import motion
 
-    cli.add_command(motion)
+    register(motion)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import attrs
 
-from genneg.config import (
+from genneg import (
     ClassifierConfig,
     ComponentSpec,
     DistillConfig,

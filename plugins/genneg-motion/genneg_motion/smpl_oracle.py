@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from genneg.components import Oracle, OracleResult
+from genneg import Oracle, OracleResult
 from genneg_motion import skeleton as sk
 from genneg_motion.features import recover_root
 from genneg_motion.oracle import CATEGORY

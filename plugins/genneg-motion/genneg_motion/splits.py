@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from genneg.components import DataSplit
+from genneg import DataSplit
 from genneg_motion import skeleton as sk
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genneg.components import Dataset, DataSplit, OracleResult, Splits
+from genneg import Dataset, DataSplit, OracleResult, Splits
 from genneg_motion import gait
 from genneg_motion.features import feature_stats, joints_to_features
 from genneg_motion.oracle import DEFAULT_THRESHOLD

@@ -11,13 +11,15 @@ from pathlib import Path
 import attrs
 import torch
 
-from genneg import config as config_mod
-from genneg.engine import build
-from genneg.engine.rundir import atomic_write_text, load_checkpoint
-from genneg.engine.runner import run, stage_generator
-from genneg.engine.sampling import resample_conditions
-from genneg.guidance import GuidedDenoiser
-from genneg.plugins import get_registry
+from genneg import (
+    Experiment,
+    RunDir,
+    atomic_write_text,
+    get_registry,
+    resolve_config,
+    run,
+    stage_generator,
+)
 
 #: Table 2's rows after the baseline: (run name, loss weighting, classifier granularity).
 VARIANTS = (("classifier", "is", "sample"), ("classifier-no-is", "no-is", "sample"))
@@ -97,7 +99,7 @@ def run_table2(
     """Run (or resume) both variants under ``out`` and write ``table2.md``, ``table2.json``
     and ``table2.png``; returns the path of ``table2.md``."""
     registry = registry or get_registry()
-    base = config_mod.resolve(registry.get("presets", preset)(), (), assignments)
+    base = resolve_config(preset, (), assignments, registry=registry)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfgs = table2_configs(base, out, per_frame)
@@ -140,11 +142,9 @@ def _stage_seconds(rundir: Path) -> dict:
     """Seconds per stage and activity (training, synthetic sampling and labelling, evaluation
     sampling) from a run's ``metrics.jsonl``."""
     out: dict = {}
-    path = rundir / "metrics.jsonl"
-    if not path.exists():
+    if not (rundir / "metrics.jsonl").exists():
         return out
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
+    for rec in RunDir(rundir, quiet=True, write=False).read_metrics():
         stage, event = rec.get("stage"), rec.get("event")
         if event == "eval":
             seconds = rec["seconds_per_sample"] * rec["n"]
@@ -167,23 +167,16 @@ def format_timings(timings: dict) -> str:
 
 
 def _load_models(cfgs: dict, out: Path, registry):
-    """The shared baseline and each variant's classifier, from the runs' checkpoints."""
-    first = cfgs[VARIANTS[0][0]]
-    process = build.make_process(first.process)
-    base = build.make_denoiser(registry, first.denoiser, process)
-    src = out / VARIANTS[0][0] / "ckpt" / "baseline.pt"
-    base.load_state_dict(load_checkpoint(src)["modules"]["denoiser"])
-    base.eval()
-    models = {"baseline": base}
-    for key, cfg in cfgs.items():
-        path = out / key / "ckpt" / "iter1.pt"
-        if not path.exists():
-            continue
-        clf = build.make_classifier(registry, cfg.classifier.network, process)
-        clf.load_state_dict(load_checkpoint(path)["modules"]["classifier"])
-        clf.eval().requires_grad_(False)
-        models[key] = GuidedDenoiser(base, [clf], cfg.classifier.guidance_scale)
-    return process, models
+    """The experiment of the first variant's run (the shared baseline) and each finished
+    variant's model: the baseline, and the baseline guided by that variant's classifier."""
+    first = Experiment.from_run_dir(out / VARIANTS[0][0], registry=registry)
+    models = {"baseline": first.load_stage("baseline")}
+    for key in cfgs:
+        if (out / key / "ckpt" / "iter1.pt").exists():
+            variant = Experiment.from_run_dir(out / key, registry=registry)
+            variant.base = first.base  # baseline_from: the same weights
+            models[key] = variant.guided([variant.load_classifier(1)])
+    return first, models
 
 
 def lowest_joint(x: torch.Tensor, cond: dict) -> torch.Tensor:
@@ -204,43 +197,30 @@ def paired_comparison(
     mean height of the lowest joint over frames (cm; guidance that lifts the whole body, or
     "floats", shows here) next to the same on held-out data. Optionally draw one motion the
     baseline makes penetrate next to the guided model's motion from the same noise."""
-    cfg = cfgs[VARIANTS[0][0]]
-    process, models = _load_models(cfgs, out, registry)
-    dataset = build.make_dataset(registry, cfg.dataset)
-    splits = dataset.load(
-        str(Path(cfg.data_root).expanduser()), stage_generator(cfg.seed, "data", "split")
-    )
-    oracle = build.make_oracle(registry, cfg.oracle)
-    sampler = registry.get("samplers", cfg.sampling.sampler)
-    sigmas = process.sampling_sigmas(cfg.sampling.steps or None)
-    gen = stage_generator(cfg.seed, "table2", "paired")
-    cond, shape = resample_conditions(splits.train, n, gen)
-    x_init = process.sample_prior((n, *shape), gen)
+    exp, models = _load_models(cfgs, out, registry)
+    gen = stage_generator(exp.cfg.seed, "table2", "paired")
     seed = int(torch.randint(0, 2**31, (1,), generator=gen))
     samples, labels, stats = {}, {}, {}
+    cond = None
     for key, model in models.items():
-        samples[key] = sampler(
-            model,
-            x_init.clone(),
-            sigmas,
-            cond=cond,
-            generator=torch.Generator().manual_seed(seed),
-            **cfg.sampling.options,
-        )
-        labels[key] = oracle.label(samples[key], cond)
+        # the same generator state for every model: same conditions, same initial noise, same
+        # sampler noise
+        drawn = exp.sample(model, n, torch.Generator().manual_seed(seed))
+        samples[key], cond = drawn.x, drawn.cond
+        labels[key] = exp.label(drawn).valid
         low = lowest_joint(samples[key], cond)
         stats[key] = {
             "n": n,
-            "infraction": 100 * float((~labels[key].valid).float().mean()),
+            "infraction": 100 * float((~labels[key]).float().mean()),
             "lowest_joint_cm": 100 * float(low.nanmean()),
         }
-    test = splits.test
+    test = exp.splits.test
     stats["data"] = {
         "n": len(test),
         "lowest_joint_cm": 100 * float(lowest_joint(test.x, test.cond).nanmean()),
     }
     if picture is not None and "classifier" in samples:
-        _draw_pair(samples, labels, cond, oracle, picture, cfg.name)
+        _draw_pair(samples, labels, cond, exp.oracle, picture, exp.cfg.name)
     return stats
 
 
@@ -248,8 +228,8 @@ def _draw_pair(samples, labels, cond, oracle, path, name) -> bool:
     from genneg_motion.plotting import motion_joints, plot_motions
     from genneg_motion.splits import denormalise
 
-    fixed = (~labels["baseline"].valid & labels["classifier"].valid).nonzero().flatten()
-    bad = (~labels["baseline"].valid).nonzero().flatten()
+    fixed = (~labels["baseline"] & labels["classifier"]).nonzero().flatten()
+    bad = (~labels["baseline"]).nonzero().flatten()
     if len(fixed) == 0 and len(bad) == 0:
         return False
     i = int(fixed[0]) if len(fixed) else int(bad[0])
@@ -257,7 +237,7 @@ def _draw_pair(samples, labels, cond, oracle, path, name) -> bool:
     sub = {k: v[idx] for k, v in cond.items()}
     keys = ("baseline", "classifier")
     joints = [motion_joints(denormalise(samples[k][idx], sub), sub["mask"])[0] for k in keys]
-    status = ["penetrates" if not labels[k].valid[i] else "above the floor" for k in keys]
+    status = ["penetrates" if not labels[k][i] else "above the floor" for k in keys]
     titles = [f"MDM (baseline): {status[0]}", f"MDM + classifier: {status[1]}"]
     plot_motions(
         joints,

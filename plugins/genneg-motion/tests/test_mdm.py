@@ -166,9 +166,7 @@ def test_import_mdm_writes_a_baseline_the_engine_reads(tmp_path):
     from genneg_motion import plugin
     from genneg_motion.mdm_import import import_mdm
 
-    from genneg.engine import build
-    from genneg.engine.rundir import load_checkpoint
-    from genneg.engine.runner import _baseline_checkpoint
+    from genneg import Experiment, load_checkpoint
     from genneg.plugins import build_registry
 
     g = torch.Generator().manual_seed(1)
@@ -177,10 +175,9 @@ def test_import_mdm_writes_a_baseline_the_engine_reads(tmp_path):
     torch.save(state, src)
     registry = build_registry(extra_plugins={"motion": plugin}, autoload=False)
     path = import_mdm(str(src), str(tmp_path / "mdm-baseline"), "motion-paper", registry)
-    assert path == _baseline_checkpoint(str(tmp_path / "mdm-baseline"))
+    assert path == tmp_path / "mdm-baseline" / "ckpt" / "baseline.pt"  # what baseline_from reads
     cfg = registry.get("presets", "motion-paper")()
-    process = build.make_process(cfg.process)
-    den = build.make_denoiser(registry, cfg.denoiser, process)
+    den = Experiment(cfg, registry=registry, device="cpu").new_denoiser()
     den.load_state_dict(load_checkpoint(path)["modules"]["denoiser"])
     assert torch.equal(
         den.network.output_process.poseFinal.bias, state["output_process.poseFinal.bias"]
@@ -199,8 +196,8 @@ class TestPerFrameClassifierContract(ClassifierContract):
 
 def test_per_frame_classifier_trains_on_frame_labels():
     """One Eq. 13 step on per-frame labels runs and gives per-frame logits."""
-    from genneg.classifier_loss import label_weights, weighted_bce
     from genneg.guidance import TimeClassifier
+    from genneg.losses import label_weights, weighted_bce
 
     torch.manual_seed(0)
     clf = TimeClassifier(MDMClassifier(granularity="element", **SMALL), MDM_PROCESS)

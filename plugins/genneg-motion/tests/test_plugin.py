@@ -6,8 +6,8 @@ import torch
 from click.testing import CliRunner
 from genneg_motion import plugin
 
+from genneg import Experiment
 from genneg import config as config_mod
-from genneg.engine import build
 from genneg.plugins import build_registry
 
 
@@ -33,10 +33,10 @@ def test_presets_round_trip_through_toml_and_build(registry, name):
     assert again == cfg
     assert cfg.process.options == {"timesteps": 1000, "schedule": "cosine", "prediction": "x0"}
     assert cfg.eval.elbo == "r-elbo"
-    process = build.make_process(cfg.process)
+    exp = Experiment(cfg, registry=registry, device="cpu")  # parts built on use: no data
+    process = exp.process
     if name != "motion-paper":  # the paper sizes are built in test_mdm
-        den = build.make_denoiser(registry, cfg.denoiser, process)
-        clf = build.make_classifier(registry, cfg.classifier.network, process)
+        den, clf = exp.new_denoiser(), exp.new_classifier()
         x = torch.randn(2, 20, 263)
         sigma = process.t_to_sigma(torch.tensor([10, 900]))
         assert den(x, sigma).shape == x.shape
@@ -64,8 +64,27 @@ def test_table2_configs_share_the_baseline(registry, tmp_path):
 
 def test_cli_group_is_added():
     from genneg.cli import cli
+    from genneg.plugins import build_registry, set_registry
 
-    plugin.register_commands(cli=cli)
-    result = CliRunner().invoke(cli, ["motion", "--help"])
+    set_registry(build_registry({"motion-test": plugin}, autoload=False))
+    try:
+        result = CliRunner().invoke(cli, ["motion", "--help"])
+    finally:
+        set_registry(None)
     assert result.exit_code == 0
     assert "table2" in result.output and "import-mdm" in result.output
+
+
+def test_stage_timings_skip_a_cut_metrics_line(tmp_path):
+    """``genneg motion table2`` resumed after a kill reads the run's metrics through RunDir."""
+    import json
+
+    from genneg_motion.table2 import _stage_seconds
+
+    lines = [
+        json.dumps({"event": "train", "stage": "baseline", "seconds": 12.34}),
+        json.dumps({"event": "eval", "stage": "baseline", "n": 10, "seconds_per_sample": 0.5}),
+        '{"event": "synth", "stage": "iter1", "seco',
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
+    assert _stage_seconds(tmp_path) == {"baseline": {"train": 12.3, "eval sampling": 5.0}}

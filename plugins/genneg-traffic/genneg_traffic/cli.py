@@ -54,7 +54,7 @@ def build_dataset(preset, source, name, data_root, seed, max_agents, raster, opt
         except json.JSONDecodeError:
             source_options[key] = raw
     if preset:
-        from genneg.plugins import get_registry
+        from genneg import get_registry
 
         cfg = get_registry().get("presets", preset)()
         opts = cfg.dataset.options
@@ -126,10 +126,9 @@ def table_cmd(size, out, assignments, rows, resume):
             log=click.echo,
         )
     except Exception as exc:  # show engine errors without a traceback
-        from genneg.config import ConfigError
-        from genneg.engine.runner import RunError
+        from genneg import GennegError
 
-        if isinstance(exc, (ConfigError, RunError, ValueError)):
+        if isinstance(exc, (GennegError, ValueError)):
             raise click.ClickException(str(exc)) from None
         raise
     click.echo(text)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genneg.components import Dataset, DataSplit, OracleResult, Splits
+from genneg import Dataset, DataSplit, OracleResult, Splits
 from genneg_traffic.features import FEATURES, Normalizer
 from genneg_traffic.maps import MapBank
 from genneg_traffic.scenes import SceneCutter, WindowConfig

@@ -35,7 +35,7 @@ import numpy as np
 import shapely
 import torch
 
-from genneg.components import Oracle, OracleResult
+from genneg import Oracle, OracleResult
 from genneg_traffic.features import N_FEATURES, Normalizer
 from genneg_traffic.geometry import rectangles
 from genneg_traffic.maps import MapBank

@@ -37,7 +37,7 @@ def register_presets(register):
 
 
 @hookimpl
-def register_commands(cli):
+def register_commands(register):
     from genneg_traffic.cli import traffic
 
-    cli.add_command(traffic)
+    register(traffic)

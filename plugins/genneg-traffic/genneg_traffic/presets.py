@@ -13,7 +13,7 @@ from pathlib import Path
 
 import attrs
 
-from genneg.config import (
+from genneg import (
     ClassifierConfig,
     ComponentSpec,
     DistillConfig,

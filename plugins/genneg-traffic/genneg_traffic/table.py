@@ -21,15 +21,13 @@ distillation of (*)    agent-stacked / distill
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import attrs
 import numpy as np
 import torch
 
-from genneg import config as config_mod
-from genneg.plugins import get_registry
+from genneg import Experiment, RunDir, resolve_config, run
 from genneg_traffic.presets import VARIANTS
 
 ROWS = [
@@ -44,20 +42,11 @@ ROWS = [
 ]
 
 
-def _cfg(preset: str, assignments) -> config_mod.RunConfig:
-    base = get_registry().get("presets", preset)()
-    return config_mod.resolve(base, (), assignments)
-
-
 def _eval_rows(run_dir: Path) -> dict:
-    rows = {}
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("event") == "eval":
-                rows[rec["stage"]] = rec
-    return rows
+    """The evaluation rows of a run's finished stages (none if the run did not start)."""
+    if not (run_dir / "state.json").exists():
+        return {}
+    return RunDir(run_dir, quiet=True, write=False).read_evals()
 
 
 def _pm(value, se, digits=2):
@@ -70,8 +59,8 @@ def format_table(out: Path) -> str:
         "| method | collision (%) | offroad (%) | infraction (%) | r-ELBO (nats/dim) |",
         "|---|---|---|---|---|",
     ]
-    for label, run, stage in ROWS:
-        rec = _eval_rows(out / run).get(stage)
+    for label, run_name, stage in ROWS:
+        rec = _eval_rows(out / run_name).get(stage)
         if rec is None:
             continue
         cats = rec.get("categories", {})
@@ -98,25 +87,24 @@ def run_table(
 ) -> str:
     """Run the baseline and the Table 1 variants of ``preset`` (skipping finished runs) and
     write ``table.md``, ``fig1.png`` and ``heatmap.png`` under ``out``."""
-    from genneg.engine.runner import run
-
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
-    base_cfg = _cfg(preset, assignments)
+    base_cfg = resolve_config(preset, (), assignments)
     base_cfg = attrs.evolve(
         base_cfg,
         name=f"{base_cfg.name}-baseline",
         iterations=0,
         distill=attrs.evolve(base_cfg.distill, enabled=False),
     )
-    _run_once(run, base_cfg, out_p / "baseline", resume, progress, log)
+    _run_once(base_cfg, out_p / "baseline", resume, progress, log)
     for suffix in rows or list(VARIANTS):
         if suffix not in VARIANTS:
             raise ValueError(f"unknown Table 1 row {suffix!r}; choose from {list(VARIANTS)}")
         cfg = attrs.evolve(
-            _cfg(f"{preset}-{suffix}", assignments), baseline_from=str(out_p / "baseline")
+            resolve_config(f"{preset}-{suffix}", (), assignments),
+            baseline_from=str(out_p / "baseline"),
         )
-        _run_once(run, cfg, out_p / suffix, resume, progress, log)
+        _run_once(cfg, out_p / suffix, resume, progress, log)
     text = format_table(out_p)
     (out_p / "table.md").write_text(text + "\n")
     if figures:
@@ -126,7 +114,7 @@ def run_table(
     return text
 
 
-def _run_once(run, cfg, path: Path, resume, progress, log):
+def _run_once(cfg, path: Path, resume, progress, log):
     done = path / "state.json"
     if done.exists() and not resume:
         log(f"{path}: exists, reusing its finished stages (pass --resume to continue it)")
@@ -135,39 +123,9 @@ def _run_once(run, cfg, path: Path, resume, progress, log):
     run(cfg, str(path), resume=resume or path.exists(), progress=progress, quiet=not progress)
 
 
-def _stage_model(run_dir: Path, stage: str):
-    """The Experiment of a finished run and its model at ``stage`` (baseline, iterK, distill)."""
-    from genneg.engine import build
-    from genneg.engine.rundir import RunDir, load_checkpoint
-    from genneg.engine.runner import Experiment
-
-    cfg = config_mod.from_dict(config_mod.load_toml(run_dir / "config.toml"))
-    exp = Experiment(cfg, get_registry(), RunDir(run_dir, quiet=True), progress=False)
-    base_ckpt = run_dir / "ckpt" / "baseline.pt"
-    exp.base.load_state_dict(load_checkpoint(base_ckpt)["modules"]["denoiser"])
-    exp.base.eval().requires_grad_(False)
-    if stage == "baseline":
-        return exp, exp.base
-    if stage == "distill":
-        student = build.make_denoiser(exp.registry, cfg.denoiser, exp.process)
-        student.load_state_dict(
-            load_checkpoint(run_dir / "ckpt" / "distill.pt")["modules"]["denoiser"]
-        )
-        return exp, student.eval().requires_grad_(False)
-    clfs = []
-    for i in range(1, int(stage[4:]) + 1):
-        clf = exp.new_classifier()
-        clf.load_state_dict(
-            load_checkpoint(run_dir / "ckpt" / f"iter{i}.pt")["modules"]["classifier"]
-        )
-        clfs.append(clf.eval().requires_grad_(False))
-    return exp, exp.guided(clfs)
-
-
 def before_after_figures(out: Path, run: str, stage: str, n: int | None = None, log=print):
     """``fig1.png`` (the same conditions sampled by the baseline and by ``run``/``stage``,
     infracting vehicles in red) and ``heatmap.png`` (infracting vehicles per unit area)."""
-    from genneg.engine.synth import label_batch
     from genneg_traffic.plots import infraction_heatmap, plot_scenes
 
     panels = []
@@ -175,11 +133,12 @@ def before_after_figures(out: Path, run: str, stage: str, n: int | None = None, 
         ("baseline", out / "baseline", "baseline"),
         (f"{run} / {stage}", out / run, stage),
     ):
-        exp, model = _stage_model(run_dir, st)
+        exp = Experiment.from_run_dir(run_dir)
+        model = exp.load_stage(st)
         k = n or exp.cfg.eval.n_samples
         gen = torch.Generator().manual_seed(1234)  # same conditions for both models
-        samples = exp.sampler.sample(model, k, gen)
-        finite, part, result = label_batch(exp.oracle, exp.cfg.oracle.name, samples)
+        labelled = exp.label(exp.sample(model, k, gen))
+        part, result = labelled.samples, labelled.result
         ds = exp.dataset
         plot_scenes(
             part,

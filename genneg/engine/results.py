@@ -1,6 +1,14 @@
-"""The per-stage results table (Table 1 / Fig. 3 numbers) as Markdown."""
+"""A run's results: the per-stage table (Table 1 / Fig. 3 numbers) as Markdown, and the files
+that end a run (``results.md``, ``results.json``, ``plots/curves.png``)."""
 
 from __future__ import annotations
+
+import json
+import math
+
+from genneg.engine.evaluate import data_ceiling
+from genneg.engine.rundir import atomic_path, atomic_write_text
+from genneg.plots import stage_curves
 
 
 def _pm(value, se, digits=2):
@@ -39,3 +47,16 @@ def results_table(rows, *, categories=(), ceiling=None) -> str:
             "(the ceiling the ELBO is measured against)."
         )
     return "\n".join(lines)
+
+
+def write_results(exp, rd, rows: list[dict]) -> None:
+    """Write the results table, its rows as JSON and the Fig. 3-style curves of a run."""
+    ceiling = data_ceiling(exp)
+    table = results_table(rows, categories=exp.oracle.categories, ceiling=ceiling)
+    atomic_write_text(rd.path / "results.md", table + "\n")
+    text = json.dumps({"rows": rows, "data_log_density": ceiling}, indent=1)
+    atomic_write_text(rd.path / "results.json", text)
+    if rows:
+        with atomic_path(rd.path / "plots" / "curves.png") as tmp:
+            stage_curves(rows, tmp, ceiling=ceiling if ceiling is not None else math.nan)
+    rd.log("results:\n" + table)

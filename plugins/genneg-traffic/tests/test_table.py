@@ -1,0 +1,30 @@
+"""The Table 1 command reads runs through genneg's RunDir: a run killed mid-write (its
+``metrics.jsonl`` ending in a cut line) still gives its finished rows."""
+
+import json
+
+from genneg_traffic.table import format_table
+
+
+def _eval(stage, infraction, elbo):
+    return {
+        "event": "eval",
+        "time": 0.0,
+        "stage": stage,
+        "infraction": infraction,
+        "infraction_se": 1.0,
+        "elbo": elbo,
+        "elbo_se": 0.1,
+        "categories": {"collision": {"rate": 10.0, "se": 0.5}, "offroad": {"rate": 5.0, "se": 0.2}},
+    }
+
+
+def test_a_cut_metrics_line_does_not_break_the_table(tmp_path):
+    run = tmp_path / "baseline"
+    run.mkdir()
+    (run / "state.json").write_text(json.dumps({"done": ["baseline"]}))
+    lines = [json.dumps(_eval("baseline", 30.0, -6.5)), '{"event": "eval", "stage": "ite']
+    (run / "metrics.jsonl").write_text("\n".join(lines))  # killed while writing
+    table = format_table(tmp_path)
+    assert "| baseline DM | 10.00 ± 0.50 | 5.00 ± 0.20 | 30.00 ± 1.00 | -6.500 ± 0.100 |" in table
+    assert len(table.splitlines()) == 3  # header, rule, the one finished row
