@@ -17,7 +17,7 @@ import tomli_w
 from attrs import validators as v
 
 from genneg.errors import ConfigError
-from genneg.losses import WEIGHTINGS
+from genneg.losses import ELEMENT_LOSSES, WEIGHTINGS
 
 __all__ = ["ClassifierConfig", "ComponentSpec", "ConfigError", "DistillConfig", "EvalConfig"]
 __all__ += ["ProcessSpec", "RunConfig", "SamplingConfig", "SynthConfig", "TrainConfig"]
@@ -91,11 +91,19 @@ class SynthConfig:
 
 @attrs.frozen(kw_only=True)
 class ClassifierConfig:
-    """The guidance classifier, its loss weighting (Eq. 13 or an ablation) and scale."""
+    """The guidance classifier, its loss weighting (Eq. 13 or an ablation) and scale.
+
+    ``element_loss`` (per-element networks only): ``per-element`` trains each element's logit on
+    its own oracle label, the paper's by-agent classifier, whose guidance counts an infraction
+    shared by k elements (a collision) k times; ``joint`` trains ``prod_a sigmoid(f_a)`` on the
+    scene label, whose optimum is Theorem 1's ``p(y = 1 | x_t)`` (see :mod:`genneg.losses`).
+    The default stays the paper's.
+    """
 
     network: ComponentSpec
     train: TrainConfig = attrs.field(factory=TrainConfig)
     weighting: str = attrs.field(default="is", validator=v.in_(WEIGHTINGS))
+    element_loss: str = attrs.field(default="per-element", validator=v.in_(ELEMENT_LOSSES))
     guidance_scale: float = 1.0
 
 

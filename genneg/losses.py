@@ -13,6 +13,27 @@ say) gets sharding by calling them.
 
 Errors are means over real coordinates (padded agents or frames, ``cond["mask"]`` False, do not
 count), then over the batch.
+
+Per-element classifiers (one logit ``f_a`` per agent or frame) all guide with
+``log C(x) = sum_a log sigmoid(f_a)``, i.e. ``C = prod_a sigmoid(f_a)``; they differ in what
+they are trained on (:data:`ELEMENT_LOSSES`):
+
+``per-element`` (the paper's by-agent classifier)
+    each ``sigmoid(f_a)`` is fit to the element's own oracle label with the scene's weight. Its
+    optimum is ``sigmoid(f_a) = p(y_a = 1 | x_t)``, so ``log C = sum_a log p(y_a = 1 | x_t)``,
+    which is ``log p(y = 1 | x_t)`` of Theorem 1 only when the elements' labels are independent
+    given ``x_t``. A collision flags both vehicles: with two agents whose only infraction is
+    colliding with each other, ``log C = 2 log p(y = 1 | x_t)``, guidance at twice the scale.
+``joint``
+    ``C = prod_a sigmoid(f_a)`` is fit to the scene label with the scene BCE of Eq. (13)
+    (:func:`joint_element_bce`). That is Eq. (10)/(12) for a classifier whose family is
+    products of element sigmoids, and the product can represent any ``p(y = 1 | x_t)`` in
+    (0, 1) (e.g. ``sigmoid(f_a) = p^(1/N)`` each), so its Bayes optimum is exactly
+    ``p(y = 1 | x_t)``: Theorem 1's guidance, whatever the labels' dependence. Guidance only
+    sees the product, so how the network splits it between elements does not matter; element
+    labels are not used (any fixed weight on an element-label term would move the optimum
+    again), and an oracle without ``element_valid`` is enough. For one element it is the
+    per-sample BCE.
 """
 
 from __future__ import annotations
@@ -28,6 +49,10 @@ from genneg.distributed import sharded_mean
 #: ``is``: Gen-neG (Eq. 13); ``no-is``: balanced set, equal weights (the paper's "w/o IS");
 #: ``imbalanced``: the natural label ratio, equal weights (App. C.2).
 WEIGHTINGS = ("is", "no-is", "imbalanced")
+
+#: What a per-element classifier is trained on: ``per-element``: each element's oracle label
+#: (the paper's by-agent loss); ``joint``: the scene label, through ``prod_a sigmoid(f_a)``.
+ELEMENT_LOSSES = ("per-element", "joint")
 
 
 def _regression(process, model, xt, x0, cond, sigma, target_fn):
@@ -102,13 +127,21 @@ def label_weights(
     return torch.where(labels, torch.tensor(w_pos), torch.tensor(w_neg)).to(labels.device)
 
 
-def weighted_bce(logits, labels, weights, *, element_labels=None, mask=None) -> torch.Tensor:
+def weighted_bce(
+    logits, labels, weights, *, element_labels=None, mask=None, element_loss="per-element"
+) -> torch.Tensor:
     """Mean over the batch of ``weight * BCE``.
 
-    Per-sample logits ``[B]`` use the scene labels. Per-element logits ``[B, N]`` use
-    ``element_labels`` ``[B, N]`` and sum the elements' BCE over real elements, since
-    ``log C(scene) = sum_a log C_a``; the scene's weight applies to all its elements.
+    Per-sample logits ``[B]`` use the scene labels. Per-element logits ``[B, N]`` with
+    ``element_loss="per-element"`` use ``element_labels`` ``[B, N]`` and sum the elements' BCE
+    over real elements, since ``log C(scene) = sum_a log C_a``; the scene's weight applies to
+    all its elements. With ``"joint"`` they are scored as one classifier on the scene labels
+    (:func:`joint_element_bce`).
     """
+    if element_loss not in ELEMENT_LOSSES:
+        raise ValueError(f"unknown element_loss {element_loss!r}; choose from {ELEMENT_LOSSES}")
+    if logits.ndim == 2 and element_loss == "joint":
+        return joint_element_bce(logits, labels, weights, mask=mask)
     if logits.ndim == 1:
         bce = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
     else:
@@ -121,6 +154,25 @@ def weighted_bce(logits, labels, weights, *, element_labels=None, mask=None) -> 
     return (weights * bce).mean()
 
 
+def joint_element_bce(logits, labels, weights, *, mask=None) -> torch.Tensor:
+    """Eq. (13) for the scene classifier ``C = prod_a sigmoid(f_a)`` built from per-element
+    logits ``[B, N]`` (product over real elements), against scene labels ``[B]``: the mean
+    of ``weight * -(y log C + (1 - y) log(1 - C))``.
+
+    With ``T = -log C = sum_a softplus(-f_a)``: ``log C = -T`` and
+    ``log(1 - C) = log(-expm1(-T))``, both stable; ``T`` is floored at 1e-30 so that a negative
+    scene whose every element is confidently valid has a finite loss (about 69 nats).
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"joint_element_bce needs per-element logits [B, N], got {logits.ndim}-D")
+    t = F.softplus(-logits)
+    if mask is not None:
+        t = t * mask.to(t.dtype)
+    t = t.sum(dim=1).clamp_min(1e-30)
+    nll = torch.where(labels, t, -torch.log(-torch.expm1(-t)))
+    return (weights * nll).mean()
+
+
 class ClassifierLoss:
     """Eq. (13): the importance-weighted BCE of a time-dependent classifier on
     ``x_t = x0 + sigma eps`` of labelled model samples (``x0``), with the noise levels of the
@@ -129,12 +181,25 @@ class ClassifierLoss:
     :param alpha: the model's fraction of valid samples (Algorithm 1's class prior).
     :param weighting: ``is`` (Gen-neG), ``no-is`` or ``imbalanced`` (ablations).
     :param pi1: the training set's fraction of positives (1/2 for the balanced set).
+    :param element_loss: for per-element logits, ``per-element`` (each element's label, the
+        paper's by-agent loss) or ``joint`` (the scene label through ``prod_a sigmoid(f_a)``).
     """
 
-    def __init__(self, process, *, alpha: float, weighting: str = "is", pi1: float = 0.5):
+    def __init__(
+        self,
+        process,
+        *,
+        alpha: float,
+        weighting: str = "is",
+        pi1: float = 0.5,
+        element_loss: str = "per-element",
+    ):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; choose from {WEIGHTINGS}")
+        if element_loss not in ELEMENT_LOSSES:
+            raise ValueError(f"unknown element_loss {element_loss!r}; choose from {ELEMENT_LOSSES}")
         self.process, self.alpha, self.weighting, self.pi1 = process, alpha, weighting, pi1
+        self.element_loss = element_loss
 
     def __call__(
         self, classifier, x0, cond, labels, element_labels=None, generator=None
@@ -151,6 +216,7 @@ class ClassifierLoss:
                 weights[rows],
                 element_labels=None if element_labels is None else element_labels[rows],
                 mask=c.get("mask"),
+                element_loss=self.element_loss,
             )
 
         return sharded_mean(mean_fn, x0.shape[0])

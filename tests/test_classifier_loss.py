@@ -3,12 +3,16 @@ import math
 import pytest
 import torch
 
-from genneg.losses import label_weights, weighted_bce
+from genneg.losses import joint_element_bce, label_weights, weighted_bce
 
 
 def bce(logit, y):
     p = 1 / (1 + math.exp(-logit))
     return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+def _sig(logit):
+    return 1 / (1 + math.exp(-logit))
 
 
 def test_eq13_by_hand():
@@ -65,3 +69,42 @@ def test_bad_weighting_and_alpha():
         label_weights(torch.tensor([True]), 1.5, "is")
     with pytest.raises(ValueError, match="both labels"):
         label_weights(torch.tensor([True]), 0.5, "is", pi1=1.0)
+
+
+def test_joint_element_loss_by_hand():
+    """``element_loss="joint"``: Eq. (13) for C = prod over real elements of sigmoid(f_a),
+    on the scene label; element labels are not read."""
+    logits = torch.tensor([[0.2, -1.0, 5.0], [1.5, 0.3, -7.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    labels = torch.tensor([True, False])
+    w = torch.tensor([0.4, 1.6])
+    got = weighted_bce(logits, labels, w, mask=mask, element_loss="joint").item()
+    c0, c1 = _sig(0.2) * _sig(-1.0), _sig(1.5) * _sig(0.3)
+    want = (0.4 * -math.log(c0) + 1.6 * -math.log(1 - c1)) / 2
+    assert got == pytest.approx(want, rel=1e-6)
+    assert joint_element_bce(logits, labels, w, mask=mask).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_joint_element_loss_of_one_element_is_the_sample_bce():
+    logits = torch.tensor([2.0, -0.5, 0.1, -3.0])
+    labels = torch.tensor([True, False, True, False])
+    w = torch.tensor([1.0, 0.5, 2.0, 0.3])
+    joint = weighted_bce(logits[:, None], labels, w, element_loss="joint")
+    assert joint.item() == pytest.approx(weighted_bce(logits, labels, w).item(), rel=1e-6)
+
+
+def test_joint_element_loss_is_finite_for_confident_elements():
+    """A negative scene whose every element is confidently valid: a large but finite loss whose
+    gradient pushes the logits down."""
+    logits = torch.tensor([[40.0, 40.0], [-300.0, 0.0]], requires_grad=True)
+    loss = joint_element_bce(logits, torch.tensor([False, False]), torch.ones(2))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert (logits.grad[0] > 0).all()
+
+
+def test_bad_element_loss():
+    with pytest.raises(ValueError, match="element_loss"):
+        weighted_bce(torch.zeros(1, 2), torch.tensor([True]), torch.ones(1), element_loss="max")
+    with pytest.raises(ValueError, match="per-element logits"):
+        joint_element_bce(torch.zeros(3), torch.tensor([True] * 3), torch.ones(3))

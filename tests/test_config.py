@@ -32,6 +32,8 @@ def test_bad_values_are_named():
         c.resolve(base(), assignments=["baseline.steps=-1"])
     with pytest.raises(c.ConfigError, match="'weighting' must be in"):
         c.resolve(base(), assignments=['classifier.weighting="magic"'])
+    with pytest.raises(c.ConfigError, match="'element_loss' must be in"):
+        c.resolve(base(), assignments=['classifier.element_loss="max"'])
     with pytest.raises(c.ConfigError, match="config.baseline.steps"):
         c.resolve(base(), assignments=["baseline.steps=lots"])
     with pytest.raises(c.ConfigError, match="key=value"):

@@ -89,6 +89,17 @@ def test_resume_with_another_config_names_the_difference(tmp_path, registry):
         )
 
 
+def test_resume_of_a_run_from_before_a_new_config_key(tmp_path, registry):
+    """A config.toml written before a key existed resumes if the key is at its default."""
+    run(toy_config(iterations=0), tmp_path / "r", registry=registry, progress=False, quiet=True)
+    path = tmp_path / "r" / "config.toml"
+    old = path.read_text().replace('element_loss = "per-element"\n', "")
+    assert old != path.read_text()
+    path.write_text(old)
+    run(toy_config(iterations=0), tmp_path / "r", resume=True, registry=registry, quiet=True)
+    assert 'element_loss = "per-element"' in path.read_text()
+
+
 def test_corrupt_checkpoint_is_reported_on_resume(tmp_path, registry):
     run(toy_config(iterations=0), tmp_path / "r", registry=registry, progress=False, quiet=True)
     ckpt = tmp_path / "r" / "ckpt" / "baseline.pt"

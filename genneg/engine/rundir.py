@@ -260,7 +260,8 @@ def prepare_rundir(cfg, out, *, resume: bool, quiet: bool) -> RunDir:
         if resume and toml_path.read_text() != text:
             old = config_mod.to_dict(config_mod.from_dict(config_mod.load_toml(toml_path)))
             diff = _diff_keys(old, config_mod.to_dict(cfg))
-            raise RunError(f"cannot resume {rd.path}: its config differs in {', '.join(diff)}")
+            if diff:  # none: a key added since, at its default (e.g. classifier.element_loss)
+                raise RunError(f"cannot resume {rd.path}: its config differs in {', '.join(diff)}")
     atomic_write_text(toml_path, text)
     return rd
 

@@ -191,6 +191,7 @@ class _Run:
             clf,
             synth,
             weighting=cfg.classifier.weighting,
+            element_loss=cfg.classifier.element_loss,
             process=exp.process,
             train=cfg.classifier.train,
             generator=self.generator(name, "train"),

@@ -89,16 +89,29 @@ def classifier_training_set(synth, weighting: str):
 
 
 def train_classifier(
-    classifier, synth, *, weighting, process, train, generator, progress=True, log=None
+    classifier,
+    synth,
+    *,
+    weighting,
+    process,
+    train,
+    generator,
+    progress=True,
+    log=None,
+    element_loss="per-element",
 ):
     """Fit ``classifier`` (a :class:`genneg.guidance.TimeClassifier`) in place on a synthetic
     set (:class:`genneg.engine.synth.SynthResult`) with the importance-weighted BCE of
-    Eq. (13) (or an ablation)."""
+    Eq. (13) (or an ablation); a per-element classifier on its elements' labels or, with
+    ``element_loss="joint"``, on the scene's."""
     data = classifier_training_set(synth, weighting).to(next(classifier.parameters()).device)
-    if classifier.granularity == "element" and data.element_labels is None:
+    per_element = classifier.granularity == "element" and element_loss == "per-element"
+    if per_element and data.element_labels is None:
         raise ValueError("a per-element classifier needs an oracle that returns element_valid")
     pi1 = float(data.labels.float().mean())
-    loss = ClassifierLoss(process, alpha=synth.alpha, weighting=weighting, pi1=pi1)
+    loss = ClassifierLoss(
+        process, alpha=synth.alpha, weighting=weighting, pi1=pi1, element_loss=element_loss
+    )
 
     def loss_fn(step):  # rows drawn with replacement, also when the set is smaller
         n = len(data)

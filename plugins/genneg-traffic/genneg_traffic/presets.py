@@ -1,5 +1,8 @@
 """Experiment presets (Sec. 4.2, App. B.2): a CPU-sized one and the paper-sized one, with the
-by-scene / by-agent and w/o IS variants of Table 1.
+by-scene / by-agent and w/o IS variants of Table 1, and ``agent-joint``: the by-agent network
+trained on the scene label through ``prod_a sigmoid(f_a)`` (``classifier.element_loss =
+"joint"``), whose optimum is Theorem 1's ``p(valid | x_t)``; the paper's by-agent loss counts a
+collision once per vehicle involved (see :mod:`genneg.losses`).
 
 Every variant of one size shares its dataset (and, through ``genneg traffic table``, one
 trained baseline via ``RunConfig.baseline_from``). The oracle is pointed at the dataset's
@@ -119,19 +122,20 @@ def paper_preset() -> RunConfig:
     )
 
 
-#: Table 1 rows: suffix -> (classifier granularity, weighting, iterations, distill)
+#: Table 1 rows: suffix -> (classifier, weighting, iterations, distill, element loss)
 VARIANTS = {
-    "scene-no-is": ("traffic-scene", "no-is", 1, False),
-    "scene": ("traffic-scene", "is", 1, False),
-    "agent-no-is": ("traffic-agent", "no-is", 1, False),
-    "agent": ("traffic-agent", "is", 1, True),
-    "agent-stacked": ("traffic-agent", "is", 2, True),
+    "scene-no-is": ("traffic-scene", "no-is", 1, False, "per-element"),
+    "scene": ("traffic-scene", "is", 1, False, "per-element"),
+    "agent-no-is": ("traffic-agent", "no-is", 1, False, "per-element"),
+    "agent": ("traffic-agent", "is", 1, True, "per-element"),
+    "agent-stacked": ("traffic-agent", "is", 2, True, "per-element"),
+    "agent-joint": ("traffic-agent", "is", 1, False, "joint"),
 }
 
 
 def variant(preset, suffix: str):
     """``preset`` changed into the Table 1 row ``suffix`` (see :data:`VARIANTS`)."""
-    clf_name, weighting, iterations, distill = VARIANTS[suffix]
+    clf_name, weighting, iterations, distill, element_loss = VARIANTS[suffix]
 
     def factory() -> RunConfig:
         cfg = preset()
@@ -142,6 +146,7 @@ def variant(preset, suffix: str):
             classifier=attrs.evolve(
                 cfg.classifier,
                 weighting=weighting,
+                element_loss=element_loss,
                 network=attrs.evolve(cfg.classifier.network, name=clf_name),
             ),
             distill=attrs.evolve(cfg.distill, enabled=distill),
@@ -149,7 +154,8 @@ def variant(preset, suffix: str):
 
     factory.__doc__ = (
         f"{preset.__name__} as Table 1's {suffix!r} row: {clf_name} classifier, "
-        f"weighting {weighting!r}, {iterations} iteration(s), distill={distill}."
+        f"weighting {weighting!r}, element loss {element_loss!r}, {iterations} iteration(s), "
+        f"distill={distill}."
     )
     return factory
 

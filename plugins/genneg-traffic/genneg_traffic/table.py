@@ -14,6 +14,7 @@ by-scene               scene / iter1
 by-agent w/o IS        agent-no-is / iter1
 by-agent (dagger)      agent / iter1
 by-agent stacked (*)   agent-stacked / iter2
+by-agent joint         agent-joint / iter1
 distillation of (dag)  agent / distill
 distillation of (*)    agent-stacked / distill
 =====================  ==========================
@@ -37,6 +38,7 @@ ROWS = [
     ("by-agent w/o IS", "agent-no-is", "iter1"),
     ("by-agent †", "agent", "iter1"),
     ("by-agent stacked *", "agent-stacked", "iter2"),
+    ("by-agent joint (Thm 1)", "agent-joint", "iter1"),
     ("distillation of †", "agent", "distill"),
     ("distillation of *", "agent-stacked", "distill"),
 ]

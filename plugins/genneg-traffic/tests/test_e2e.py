@@ -18,6 +18,10 @@ def test_registered_components():
     ):
         cfg = reg.get("presets", name)()
         assert cfg.process.kind == "vp"
+        assert cfg.classifier.element_loss == "per-element"  # the paper's rows
+    joint = reg.get("presets", "traffic-sumo-agent-joint")()
+    assert joint.classifier.network.name == "traffic-agent"
+    assert joint.classifier.element_loss == "joint" and joint.classifier.weighting == "is"
     from genneg_traffic.network import TrafficDenoiser
 
     net = TrafficDenoiser(**reg.get("presets", "traffic-paper")().denoiser.options)
@@ -53,9 +57,12 @@ def test_tiny_table(tmp_path):
         "traffic",
         str(tmp_path / "runs"),
         assignments=sets,
-        rows=["agent"],
+        rows=["agent", "agent-joint"],
         progress=False,
         log=lambda *a: None,
     )
     assert "baseline DM" in text
+    joint = tmp_path / "runs" / "agent-joint"
+    assert 'element_loss = "joint"' in (joint / "config.toml").read_text()
+    assert '"event": "eval"' in (joint / "metrics.jsonl").read_text()
     assert (tmp_path / "runs" / "table.md").exists()

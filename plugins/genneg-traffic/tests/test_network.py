@@ -152,3 +152,26 @@ def test_local_map_changes_the_output_and_can_be_switched_off():
     assert torch.allclose(
         off(x, t, mask=mask, map=raster, map_frame=frame()), off(x, t, mask=mask, map=raster)
     )
+
+
+def test_joint_element_loss_ignores_padded_agents():
+    """The by-agent network under ``element_loss="joint"``: scene labels only, padded agents
+    neither change the loss nor receive a gradient."""
+    from genneg.losses import weighted_bce
+
+    torch.manual_seed(0)
+    net = TrafficClassifier("element", **SMALL).eval()
+    x, t, mask, raster = batch()
+    labels, w = torch.tensor([True, False, False]), torch.tensor([0.5, 1.5, 1.0])
+
+    def loss_of(x):
+        logits = net(x, t, mask=mask, map=raster, map_frame=frame())
+        return weighted_bce(logits, labels, w, mask=mask, element_loss="joint")
+
+    xg = x.clone().requires_grad_(True)
+    loss = loss_of(xg)
+    loss.backward()
+    assert torch.isfinite(loss) and (xg.grad[~mask] == 0).all() and (xg.grad[mask] != 0).any()
+    x2 = x.clone()
+    x2[~mask] = 100 * torch.randn(int((~mask).sum()), 7)
+    assert torch.allclose(loss_of(x2), loss, atol=1e-5)
