@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from genneg.stacking import linear
 
 
 def sinusoidal_embedding(c_noise: torch.Tensor, dim: int) -> torch.Tensor:
@@ -65,3 +68,16 @@ class ResidualMLPClassifier(ResidualMLP):
 
     def forward(self, x_in, c_noise, **cond):
         return super().forward(x_in, c_noise).squeeze(-1)
+
+    def stacked_forward(self, params, buffers, x_in, c_noise, cache, **cond):
+        """The logits ``[K, B]`` of K classifiers of one shape, their parameters stacked
+        (:mod:`genneg.stacking`): each layer one batched product, the input and the
+        sinusoidal embedding shared."""
+        emb = sinusoidal_embedding(c_noise, self.emb_dim)  # [B, E], shared by the members
+        h = linear(params, "inp", x_in, shared=True)  # [K, B, H]
+        for i in range(len(self.blocks)):
+            pre = f"blocks.{i}."
+            t = linear(params, pre + "emb", emb, shared=True)
+            a = linear(params, pre + "fc1", F.silu(h)) + t
+            h = h + linear(params, pre + "fc2", F.silu(a))
+        return linear(params, "out", F.silu(h)).squeeze(-1)
