@@ -15,6 +15,9 @@ hyperparameters; the weights come from ``params``)::
 
     def stacked_forward(self, params, buffers, x_in, c_noise, cache, **cond) -> Tensor
 
+A network may also set ``stack_max_batch``: above that batch size its members are evaluated one
+by one (on a CPU, a big stacked activation no longer fits the caches, and the loop is faster).
+
 ``params`` maps each of the network's parameter names to the K members' tensors stacked on a
 new leading dimension; ``buffers`` maps each buffer name to the (shared) tensor; ``cache`` is a
 dict the function may keep weight-dependent, ``x``-independent results in (it is emptied
@@ -88,6 +91,7 @@ class StackedClassifiers:
         self.process = first.process
         self.granularity = first.granularity
         self.forward_fn = first.network.stacked_forward
+        self.max_batch = getattr(first.network, "stack_max_batch", None)
         self._tensors = self._member_tensors()
         self._key = None
         self.params: dict[str, torch.Tensor] = {}
@@ -180,7 +184,11 @@ def stacked_log_prob(owner, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
     sigma = per_sample(sigma, x)
     total = x.new_zeros(x.shape[0])
     for stack in plan[1]:
-        total = total + stack.log_prob(x, sigma, **cond)
+        if stack.max_batch is not None and x.shape[0] > stack.max_batch:
+            for clf in stack.classifiers:
+                total = total + clf.log_prob(x, sigma, **cond)
+        else:
+            total = total + stack.log_prob(x, sigma, **cond)
     for clf in plan[2]:
         total = total + clf.log_prob(x, sigma, **cond)
     return total

@@ -133,3 +133,16 @@ def test_stacking_adds_nothing_to_the_state_dict():
     keys = set(model.state_dict())
     model.guidance(torch.randn(2, 3, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
     assert set(model.state_dict()) == keys
+
+
+def test_batches_above_stack_max_batch_take_the_loop():
+    members = clfs((0, 1, 2))
+    for c in members:
+        c.network.stack_max_batch = 4
+    model = GuidedDenoiser(base, members)
+    for n in (3, 6):
+        x, sigma = torch.randn(n, 3, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+        want = GuidedDenoiser(base, members, batched=False).guidance(x, sigma)
+        torch.testing.assert_close(model.guidance(x, sigma), want, rtol=1e-10, atol=1e-12)
+    (stack,) = model._stack_plan[1]
+    assert stack.max_batch == 4 and len(stack) == 3
