@@ -7,8 +7,9 @@ region takes as long as that thread's share of the CPU lets it: measured on 2 co
 checkerboard demo's baseline training (3000 steps) took 34 s alone and 128 s beside one busy
 process with torch's default two threads. With the passive policy a waiting thread sleeps
 instead of spinning: measured beside other busy processes (2 cores, load ~9), 300 steps of
-that training took 180.6 s with two threads and the default policy, 3.6 to 5.5 s with two
-threads and the passive one, and 5.3 to 13.4 s with one thread.
+that training took 180.6 s (one run) with two threads and the default policy, a median of
+4.6 s (2.4 to 9.2, four runs) with two threads and the passive one, and 10.4 s (5.3 to 13.4,
+four runs) with one thread.
 
 The policy is read once, when torch loads OpenMP, so :func:`default_wait_policy` must run
 before ``import torch``: ``genneg/__init__.py`` calls it first thing. A value the user set in
