@@ -96,11 +96,21 @@ def cli():
     help="Label in this many CPU processes, overlapped with sampling (for slow oracles; "
     "same labels as inline).",
 )
-def run_cmd(preset, files, assignments, out, resume, dry_run, no_progress, oracle_workers):
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="torch intra-op threads (0: one per core; waiting threads sleep, genneg/threads.py).",
+)
+def run_cmd(preset, files, assignments, out, resume, dry_run, no_progress, oracle_workers, threads):
     """Run the Gen-neG experiment PRESET (see `genneg presets`).
 
     Under torchrun (`torchrun --nproc_per_node=N -m genneg run PRESET`) the ranks share the
     work and rank 0 writes the run directory (docs/distributed.md)."""
+    from genneg.threads import configure
+
+    configure(threads)
     cfg = _resolve(preset, files, assignments)
     if dry_run:
         click.echo(config_mod.dumps_toml(cfg))

@@ -52,11 +52,12 @@ def log_prob_from_logits(logits, granularity, mask=None) -> torch.Tensor:
 class GuidedDenoiser(nn.Module):
     """``D(x; sigma) + scale * sigma^2 * grad_x sum_i log C_i(x; sigma)`` (Eq. 9, stacked)."""
 
-    def __init__(self, base: nn.Module, classifiers=(), scale: float = 1.0):
+    def __init__(self, base: nn.Module, classifiers=(), scale: float = 1.0, batched: bool = True):
         super().__init__()
         self.base = base
         self.classifiers = nn.ModuleList(classifiers)
         self.scale = scale
+        self.batched = batched  # classifiers of one architecture as one network (stacking.py)
 
     def log_prob(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         """Sum of the stack's ``log C_i`` per sample."""
@@ -72,7 +73,10 @@ class GuidedDenoiser(nn.Module):
         sigma = per_sample(sigma, x)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            grad = torch.autograd.grad(self.log_prob(xg, sigma, **cond).sum(), xg)[0]
+            from genneg.stacking import stacked_log_prob  # stacking.py imports this module
+
+            log_prob = stacked_log_prob if self.batched else GuidedDenoiser.log_prob
+            grad = torch.autograd.grad(log_prob(self, xg, sigma, **cond).sum(), xg)[0]
         return self.scale * broadcast(sigma, x) ** 2 * grad
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:

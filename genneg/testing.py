@@ -127,3 +127,29 @@ class SamplerContract:
         x = self.process.sample_prior((64, 2), torch.Generator().manual_seed(0))
         out = type(self).sampler(denoiser, x, sigmas, cond={}, generator=torch.Generator())
         assert torch.allclose(out, target.expand_as(out), atol=1e-4)
+
+
+def check_stacked_forward(nets, process, x, sigma, cond, rtol=1e-9, atol=1e-11) -> None:
+    """Assert that K networks of one shape evaluated as one stack (``stacked_forward``,
+    :mod:`genneg.stacking`) give every member's own logits, the summed ``log C`` and the
+    guidance of the per-classifier loop (Eq. 9) to the given tolerances (use float64
+    networks and inputs: then the tolerances can be tight)."""
+    from genneg.guidance import GuidedDenoiser
+    from genneg.stacking import StackedClassifiers
+
+    clfs = [TimeClassifier(n, process).eval().requires_grad_(False) for n in nets]
+    stack = StackedClassifiers(clfs)
+    with torch.no_grad():
+        got = stack.logits(x, sigma, **cond)
+        want = torch.stack([c(x, sigma, **cond) for c in clfs])
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+        lp = stack.log_prob(x, sigma, **cond)
+        torch.testing.assert_close(lp, sum(c.log_prob(x, sigma, **cond) for c in clfs))
+
+    def base(x, sigma, **cond):
+        return torch.zeros_like(x)
+
+    loop = GuidedDenoiser(base, clfs, batched=False).guidance(x, sigma, **cond)
+    batched = GuidedDenoiser(base, clfs, batched=True).guidance(x, sigma, **cond)
+    assert loop.abs().max() > 0
+    torch.testing.assert_close(batched, loop, rtol=rtol, atol=atol)

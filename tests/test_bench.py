@@ -129,7 +129,7 @@ def test_suite_structure_plugin_case_and_rejection(registry, toy_run, tmp_path):
     (oracle,) = report.find("oracle", preset="toy")
     assert oracle["samples_per_s"] > 0 and oracle["vectorised_speedup"] > 0
     sampler = {r["model"]: r for r in report.find("sampler", preset="toy")}
-    assert list(sampler) == ["baseline", "stack1", "stack2", "distilled"]
+    assert list(sampler) == ["baseline", "stack1", "stack2", "stack2-loop", "distilled"]
     assert sampler["baseline"]["cost_vs_baseline"] == 1.0
     assert sampler["baseline"]["nfe_per_sample"] == 3  # Heun, 2 steps
     # a classifier's gradient costs FLOPs; the student has the baseline's architecture

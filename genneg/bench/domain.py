@@ -16,6 +16,7 @@ from genneg.engine.sampling import CountingDenoiser, resample_conditions
 from genneg.experiment import Experiment
 from genneg.guidance import GuidedDenoiser
 from genneg.losses import ClassifierLoss, DenoisingLoss
+from genneg.stacking import stacked_log_prob
 
 
 @attrs.frozen(kw_only=True)
@@ -107,9 +108,10 @@ def _flops_per_sample(model, x, sigma, cond) -> float:
         base = _flops_per_sample(model.base, x, sigma, cond)
         if not len(model.classifiers):
             return base
+        log_prob = stacked_log_prob if model.batched else GuidedDenoiser.log_prob
         with FlopCounterMode(display=False) as counter, torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            model.log_prob(xg, sigma, **cond).sum().backward()
+            log_prob(model, xg, sigma, **cond).sum().backward()
         return base + counter.get_total_flops() / x.shape[0]
     with FlopCounterMode(display=False) as counter:
         model(x, sigma, **cond)
@@ -118,13 +120,18 @@ def _flops_per_sample(model, x, sigma, cond) -> float:
 
 def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) -> list[dict]:
     """Sampler throughput of the baseline, 1/2/4 stacked (untrained) classifiers and a
-    distilled-size student; the cost of each as a ratio to the baseline."""
+    distilled-size student; the cost of each as a ratio to the baseline. Stacks of two or
+    more are measured batched (genneg.stacking) and as the per-classifier loop
+    (``stackK-loop``)."""
     base = dom.denoiser()
     classifiers = [dom.classifier() for _ in range(max(sizes.stacks, default=0))]
     scale = dom.cfg.classifier.guidance_scale or 1.0
     models = {"baseline": base}
     for k in sizes.stacks:
         models[f"stack{k}"] = GuidedDenoiser(base, classifiers[:k], scale)
+    for k in sizes.stacks:
+        if k > 1:
+            models[f"stack{k}-loop"] = GuidedDenoiser(base, classifiers[:k], scale, batched=False)
     models["distilled"] = dom.denoiser()  # the student has the baseline's architecture
 
     sigmas = dom.process.sampling_sigmas(sizes.sample_steps)
@@ -159,6 +166,7 @@ def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) ->
                 "preset": dom.preset,
                 "model": name,
                 "classifiers": len(getattr(model, "classifiers", ())),
+                "batched": getattr(model, "batched", True),
                 "params": _params(model),
                 "batch": n,
                 "steps": sizes.sample_steps,
@@ -174,9 +182,10 @@ def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) ->
                 **mem,
             }
         )
-    t_base = rows[0]["seconds"]
+    t_base, f_base = rows[0]["seconds"], rows[0]["flops_per_eval"]
     for row in rows:
         row["cost_vs_baseline"] = row["seconds"] / t_base
+        row["flops_vs_baseline"] = row["flops_per_sample"] / (f_base * rows[0]["nfe_per_sample"])
         row["throughput_vs_baseline"] = t_base / row["seconds"]
         report.add("sampler", **row)
     return rows

@@ -127,7 +127,7 @@ def versus_rejection(preset: str, report, rows: list[dict], deltas=rejection.DEL
     flops = {
         r["classifiers"]: r["flops_per_eval"]
         for r in report.find("sampler", preset=preset)
-        if r["model"] != "distilled"
+        if r["model"] != "distilled" and r.get("batched", True)
     }
     stages = []
     for row in rows:

@@ -51,7 +51,11 @@ def markdown(report) -> str:
         out.append("")
     sampler = report.find("sampler")
     if sampler:
-        out += ["**Sampler** (untrained classifiers; cost as a multiple of the baseline's)", ""]
+        out += [
+            "**Sampler** (untrained classifiers; cost and FLOPs as multiples of the baseline's;"
+            " `stackK` batched as one network, `stackK-loop` classifier by classifier)",
+            "",
+        ]
         out.append(
             _table(
                 [
@@ -60,6 +64,7 @@ def markdown(report) -> str:
                     "NFE",
                     "sample·steps/s",
                     "cost ×",
+                    "FLOP ×",
                     "MFLOP/eval",
                     "% of matmul peak",
                     "peak RSS MiB",
@@ -71,6 +76,7 @@ def markdown(report) -> str:
                         r["nfe_per_sample"],
                         _num(r["sample_steps_per_s"]),
                         _num(r["cost_vs_baseline"], ".2f"),
+                        _num(r.get("flops_vs_baseline"), ".2f"),
                         _num(r["flops_per_eval"] / 1e6),
                         _num(100 * r["fraction_of_peak"] if r["fraction_of_peak"] else None, ".2g"),
                         _num(r.get("peak_cuda_mib", r["peak_rss_mib"]), ".0f"),

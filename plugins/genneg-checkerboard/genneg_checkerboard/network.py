@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from genneg.stacking import linear
 
 
 def sinusoidal_embedding(c_noise: torch.Tensor, dim: int) -> torch.Tensor:
@@ -59,9 +62,25 @@ class ResidualMLPClassifier(ResidualMLP):
     """The same network with one output logit per sample (App. B.1)."""
 
     granularity = "sample"
+    # Stacked (genneg.stacking) up to this batch: measured on one CPU thread (hidden 128, a
+    # stack of 4), 0.84x the loop's time at batch 64, equal at 256, 1.15x at 5000.
+    stack_max_batch = 256
 
     def __init__(self, dim: int = 2, hidden: int = 256, emb_dim: int = 128, blocks: int = 2):
         super().__init__(dim=dim, out_dim=1, hidden=hidden, emb_dim=emb_dim, blocks=blocks)
 
     def forward(self, x_in, c_noise, **cond):
         return super().forward(x_in, c_noise).squeeze(-1)
+
+    def stacked_forward(self, params, buffers, x_in, c_noise, cache, **cond):
+        """The logits ``[K, B]`` of K classifiers of one shape, their parameters stacked
+        (:mod:`genneg.stacking`): each layer one batched product, the input and the
+        sinusoidal embedding shared."""
+        emb = sinusoidal_embedding(c_noise, self.emb_dim)  # [B, E], shared by the members
+        h = linear(params, "inp", x_in, shared=True)  # [K, B, H]
+        for i in range(len(self.blocks)):
+            pre = f"blocks.{i}."
+            t = linear(params, pre + "emb", emb, shared=True)
+            a = linear(params, pre + "fc1", F.silu(h)) + t
+            h = h + linear(params, pre + "fc2", F.silu(a))
+        return linear(params, "out", F.silu(h)).squeeze(-1)

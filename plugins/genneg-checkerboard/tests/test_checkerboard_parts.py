@@ -106,3 +106,17 @@ class TestClassifierNetwork(ClassifierContract):
 def test_oracle_rejects_wrong_shape():
     with pytest.raises(ValueError, match="must be \\[B, 2\\]"):
         CheckerboardOracle().label(torch.zeros(3, 3), {})
+
+
+def test_stacked_classifiers_match_their_members():
+    """A stack of 3 evaluated as one batched network (genneg.stacking): the members' logits
+    and the guidance of the per-classifier loop, to float32 tolerance (the sinusoidal embedding
+    is float32, so the network does not run in float64)."""
+    from genneg.diffusion.edm import EDMProcess
+    from genneg.testing import check_stacked_forward
+
+    torch.manual_seed(0)
+    nets = [ResidualMLPClassifier(hidden=16, emb_dim=8, blocks=2) for _ in range(3)]
+    x = torch.randn(7, 2)
+    sigma = torch.logspace(-2, 1.5, 7)
+    check_stacked_forward(nets, EDMProcess(), x, sigma, {}, rtol=1e-5, atol=1e-6)

@@ -28,8 +28,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from genneg.stacking import batched_linear, layer_norm, linear
 from genneg_motion import skeleton as sk
 
 
@@ -246,6 +248,58 @@ class MDMClassifier(MDM):
         if self.granularity == "sample":
             return self.classifier_head(h[0]).squeeze(-1)
         return self.classifier_head(h[1:]).squeeze(-1).permute(1, 0)
+
+    def stacked_forward(self, params, buffers, x_in, c_noise, cache, mask=None, **unused):
+        """The logits ``[K, B]`` (or ``[K, B, T]``) of K classifiers shaped like this one, their
+        parameters stacked (:mod:`genneg.stacking`): :meth:`forward` with every linear layer
+        one batched product over the members, attention batched over members and motions,
+        the input and the timestep table shared. Eval mode only (no dropout)."""
+        t = check_steps(c_noise, self.sequence_pos_encoder.pe.shape[0])
+        pe = buffers["sequence_pos_encoder.pe"][:, 0]  # [max_len, d]
+        if torch.is_floating_point(t):  # TimestepEmbedder: interpolated table rows
+            lo = t.floor().long().clamp(0, pe.shape[0] - 1)
+            hi = (lo + 1).clamp(max=pe.shape[0] - 1)
+            w = (t - lo.float())[:, None]
+            tab = pe[lo] * (1 - w) + pe[hi] * w
+        else:
+            tab = pe[t]
+        emb = linear(params, "embed_timestep.time_embed.0", tab, shared=True)  # [K, B, d]
+        emb = linear(params, "embed_timestep.time_embed.2", F.silu(emb))
+        frames = linear(params, "input_process.poseEmbedding", x_in, shared=True)  # [K,B,T,d]
+        h = torch.cat([emb[:, :, None], frames], dim=2)  # [K, B, S, d], token 0: time
+        h = h + pe[: h.shape[2]]
+        keep = None
+        if self.mask_frames and mask is not None:  # attend to the time token and real frames
+            keep = torch.cat([torch.ones_like(mask[:, :1]), mask.bool()], dim=1)[:, None, None]
+        for i, layer in enumerate(self.seqTransEncoder.layers):
+            h = _stacked_encoder_layer(params, f"seqTransEncoder.layers.{i}.", layer, h, keep)
+        if self.granularity == "sample":
+            return linear(params, "classifier_head", h[:, :, 0]).squeeze(-1)
+        return linear(params, "classifier_head", h[:, :, 1:]).squeeze(-1)
+
+
+def _stacked_encoder_layer(params, pre: str, layer, h, keep):
+    """``nn.TransformerEncoderLayer`` (post-norm, eval) of K members on ``h`` ``[K, B, S, d]``;
+    ``keep`` bool ``[B, 1, 1, S]`` marks the keys to attend to (``None``: all)."""
+    if layer.norm_first:
+        raise NotImplementedError("stacked MDM layers are post-norm, like MDM's")
+    k, b, s, d = h.shape
+    heads = layer.self_attn.num_heads
+    qkv = batched_linear(
+        params[pre + "self_attn.in_proj_weight"], params[pre + "self_attn.in_proj_bias"], h
+    )
+    q, kk, v = (
+        part.reshape(k * b, s, heads, d // heads).transpose(1, 2) for part in qkv.chunk(3, dim=-1)
+    )
+    if keep is not None:
+        keep = keep.repeat(k, 1, 1, 1)
+    a = F.scaled_dot_product_attention(q, kk, v, attn_mask=keep)  # [K*B, heads, S, d/heads]
+    a = a.transpose(1, 2).reshape(k, b, s, d)
+    h = layer_norm(
+        params, pre + "norm1", h + linear(params, pre + "self_attn.out_proj", a), layer.norm1.eps
+    )
+    ff = linear(params, pre + "linear2", layer.activation(linear(params, pre + "linear1", h)))
+    return layer_norm(params, pre + "norm2", h + ff, layer.norm2.eps)
 
 
 def load_mdm_checkpoint(model: MDM, path: str) -> None:

@@ -219,3 +219,19 @@ def test_per_frame_classifier_trains_on_frame_labels():
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="granularity"):
         MDMClassifier(granularity="frame")
+
+
+@pytest.mark.parametrize("granularity", ["sample", "element"])
+def test_stacked_classifiers_match_their_members(granularity):
+    """A stack of 3 evaluated as one batched network (genneg.stacking), padded frames masked:
+    the members' logits and the guidance of the per-classifier loop, to float64 tolerance."""
+    from genneg.testing import check_stacked_forward
+
+    torch.manual_seed(0)
+    nets = [MDMClassifier(**SMALL, granularity=granularity).double() for _ in range(3)]
+    x = torch.randn(4, 9, V, dtype=torch.float64)
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    mask[3, 2:] = False
+    sigma = MDM_PROCESS.sampling_sigmas(7)[:4].double()  # fractional and integer steps
+    check_stacked_forward(nets, MDM_PROCESS, x, sigma, {"mask": mask})

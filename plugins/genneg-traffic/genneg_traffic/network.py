@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genneg.stacking import batched_linear, layer_norm, linear
 from genneg_traffic.features import N_FEATURES
 
 
@@ -274,6 +275,122 @@ class TrafficClassifier(nn.Module):
         m = mask[..., None].to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.scene_head(pooled).squeeze(-1)
+
+    def stacked_forward(
+        self, params, buffers, x_in, c_noise, cache, mask=None, map=None, map_frame=None, **_
+    ):
+        """The logits ``[K, B, A]`` (or ``[K, B]``) of K classifiers shaped like this one, their
+        parameters stacked (:mod:`genneg.stacking`): :meth:`forward` with every linear layer
+        one batched product over the members and the weight-free parts (sinusoidal distance
+        features, the road patches) computed once. The map tokens and their cross-attention
+        keys and values do not depend on ``x``: they are kept in ``cache`` for the raster last
+        seen (a sampler's every step), like :class:`MapEncoder` does."""
+        bb = self.backbone
+        B, A, _ = x_in.shape
+        if mask is None:
+            mask = torch.ones(B, A, dtype=torch.bool, device=x_in.device)
+        if map is None:
+            raise ValueError("the traffic network needs cond['map'] (the rasterised road)")
+        P = {k[len("backbone.") :]: v for k, v in params.items() if k.startswith("backbone.")}
+        m = mask[..., None].to(x_in.dtype)
+        temb = _mlp(
+            P, "time", sinusoidal(c_noise.reshape(B).to(x_in.device), bb.hidden), shared=True
+        )
+        h = _mlp(P, "embed", x_in, shared=True) + temb[:, :, None, :]  # [K, B, A, H]
+        if bb.local is not None and map_frame is not None:
+            h = h + _mlp(P, "local.proj", bb.local.patch(x_in, map, map_frame), shared=True)
+        h = h * m
+        pos = x_in[..., :2]
+        d = torch.sqrt(((pos[:, :, None] - pos[:, None, :]) ** 2).sum(-1) + 1e-12)
+        p = sinusoidal(d * bb.distance_scale, bb.hidden) + temb[:, :, None, None, :]
+        kv = cache.get("map")
+        if kv is None or kv[0] is not map:
+            kv = (map, _stacked_map_kv(P, bb, map))
+            cache["map"] = kv
+        for i, block in enumerate(bb.blocks):
+            h = _stacked_block(P, f"blocks.{i}.", block, h, p, mask, kv[1][i])
+        h = _mlp(params, "head.1", _ln(params, "head.0", h))
+        if self.granularity == "element":
+            return h.squeeze(-1) * mask
+        pooled = (h * m).sum(2) / m.sum(1).clamp_min(1.0)
+        return _mlp(params, "scene_head", pooled).squeeze(-1)
+
+
+def _mlp(P, name, h, shared=False):
+    """K members' :func:`mlp` (Linear, SiLU, Linear) called ``name``."""
+    return linear(P, f"{name}.2", F.silu(linear(P, f"{name}.0", h, shared=shared)))
+
+
+def _ln(P, name, h):
+    return layer_norm(P, name, h)
+
+
+def _stacked_map_kv(P, bb, raster):
+    """Per block, the cross-attention keys and values ``[K * B, heads, T, d]`` of the K
+    members' map tokens (:class:`MapEncoder` with stacked weights: grouped convolutions)."""
+    k = P["map.cnn.0.weight"].shape[0]
+    img = raster.float() * 2 - 1
+    y = img
+    for j, i in enumerate((0, 2, 4, 6)):
+        w, b = P[f"map.cnn.{i}.weight"], P[f"map.cnn.{i}.bias"]
+        conv = bb.map.cnn[i]
+        groups = 1 if j == 0 else k  # the raster is shared; then each member its own channels
+        y = F.conv2d(y, w.flatten(0, 1), b.flatten(), conv.stride, conv.padding, groups=groups)
+        if i != 6:
+            y = F.silu(y)
+    Bm, _, hh, ww = y.shape
+    H = bb.hidden
+    # MapEncoder._encode's positional encoding, on the members' tokens
+    ys, xs = torch.meshgrid(
+        torch.linspace(-1, 1, hh, device=y.device),
+        torch.linspace(1, -1, ww, device=y.device).flip(0),
+        indexing="ij",
+    )
+    half = H // 2
+    pos = torch.cat(
+        [sinusoidal(xs * 50, half, 1000.0), sinusoidal(-ys * 50, H - half, 1000.0)], dim=-1
+    ).reshape(hh * ww, H)
+    tokens = y.reshape(Bm, k, H, hh * ww).permute(1, 0, 3, 2) + pos  # [K, B, T, H]
+    out = []
+    for i, block in enumerate(bb.blocks):
+        heads = block.cross.num_heads
+        w = P[f"blocks.{i}.cross.in_proj_weight"]
+        b = P[f"blocks.{i}.cross.in_proj_bias"]
+        kk = batched_linear(w[:, H : 2 * H], b[:, H : 2 * H], tokens)
+        vv = batched_linear(w[:, 2 * H :], b[:, 2 * H :], tokens)
+        split = [t.reshape(k * Bm, hh * ww, heads, H // heads).transpose(1, 2) for t in (kk, vv)]
+        out.append(tuple(split))
+    return out
+
+
+def _stacked_block(P, pre, block, x, p, mask, kv):
+    """:class:`Block` of K members: ``x`` ``[K, B, A, H]``, ``p`` ``[K, B, A, A, H]``."""
+    K, B, A, H = x.shape
+    att = block.self_attn
+    h_, d = att.heads, att.d
+    y = _ln(P, pre + "ln1", x)
+    q, k, v = linear(P, pre + "self_attn.qkv", y).view(K * B, A, 3, h_, d).unbind(2)
+    pq, pk, pv = linear(P, pre + "self_attn.rpe", p).view(K * B, A, A, 3, h_, d).unbind(3)
+    # Eq. (36), as RPESelfAttention.attend, the members folded into the batch
+    e = (
+        torch.einsum("bihd,bjhd->bhij", q, k)
+        + torch.einsum("bijhd,bjhd->bhij", pq, k)
+        + torch.einsum("bihd,bijhd->bhij", q, pk)
+    ) / math.sqrt(d)
+    keep = mask.repeat(K, 1)
+    e = e.masked_fill(~keep[:, None, None, :], -1e9)
+    a = torch.softmax(e, dim=-1)
+    o = torch.einsum("bhij,bjhd->bihd", a, v) + torch.einsum("bhij,bijhd->bihd", a, pv)
+    x = x + linear(P, pre + "self_attn.out", o.reshape(K, B, A, H))
+    x = x + _mlp(P, pre + "ff1", _ln(P, pre + "ln2", x))
+    heads = block.cross.num_heads
+    w, b = P[pre + "cross.in_proj_weight"], P[pre + "cross.in_proj_bias"]
+    qq = batched_linear(w[:, :H], b[:, :H], _ln(P, pre + "ln3", x))
+    qq = qq.reshape(K * B, A, heads, H // heads).transpose(1, 2)
+    c = F.scaled_dot_product_attention(qq, kv[0], kv[1]).transpose(1, 2).reshape(K, B, A, H)
+    x = x + linear(P, pre + "cross.out_proj", c)
+    x = x + _mlp(P, pre + "ff2", _ln(P, pre + "ln4", x))
+    return x * mask[..., None]
 
 
 def by_agent_classifier(**options) -> TrafficClassifier:

@@ -175,3 +175,33 @@ def test_joint_element_loss_ignores_padded_agents():
     x2 = x.clone()
     x2[~mask] = 100 * torch.randn(int((~mask).sum()), 7)
     assert torch.allclose(loss_of(x2), loss, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["element", "sample"])
+def test_stacked_classifiers_match_their_members(granularity):
+    """A stack of 3 by-agent (or by-scene) classifiers evaluated as one batched network
+    (genneg.stacking), padding agents masked, road patches read: the members' logits and the
+    guidance of the per-classifier loop, to float32 tolerance (the sinusoidal features are
+    float32); the cached map tokens follow the raster."""
+    from genneg.diffusion.vp import VPConfig, VPProcess
+    from genneg.testing import check_stacked_forward
+
+    process = VPProcess(VPConfig(timesteps=100))
+    torch.manual_seed(0)
+    opts = dict(SMALL, local_map=3)
+    nets = [TrafficClassifier(granularity, **opts) for _ in range(3)]
+    x, _, mask, raster = batch()
+    sigma = process.sampling_sigmas(5)[:3]
+    cond = {"mask": mask, "map": raster, "map_frame": frame()}
+    check_stacked_forward(nets, process, x, sigma, cond, rtol=1e-4, atol=1e-5)
+    # one stack across calls: its cached map tokens follow the raster
+    from genneg.guidance import GuidedDenoiser, TimeClassifier
+
+    clfs = [TimeClassifier(n, process).eval() for n in nets]
+    stacked = GuidedDenoiser(lambda x, s, **c: x, clfs, batched=True)
+    loop = GuidedDenoiser(lambda x, s, **c: x, clfs, batched=False)
+    _, _, _, other = batch(seed=1)
+    for r in (raster, other, raster.clone()):
+        c = {**cond, "map": r}
+        want = loop.guidance(x, sigma, **c)
+        torch.testing.assert_close(stacked.guidance(x, sigma, **c), want, rtol=1e-4, atol=1e-5)
