@@ -116,16 +116,22 @@ class MapEncoder(nn.Module):
     def _encode(self, raster: torch.Tensor) -> torch.Tensor:
         m = self.cnn(raster.float() * 2 - 1)  # {0, 1} -> {-1, 1}
         B, H, h, w = m.shape
-        ys, xs = torch.meshgrid(
-            torch.linspace(-1, 1, h, device=m.device),
-            torch.linspace(1, -1, w, device=m.device).flip(0),
-            indexing="ij",
-        )
-        half = H // 2
-        pos = torch.cat(
-            [sinusoidal(xs * 50, half, 1000.0), sinusoidal(-ys * 50, H - half, 1000.0)], dim=-1
-        )  # [h, w, H]
-        return m.flatten(2).transpose(1, 2) + pos.reshape(h * w, H)
+        return m.flatten(2).transpose(1, 2) + map_positions(h, w, H, m.device)
+
+
+def map_positions(h: int, w: int, hidden: int, device) -> torch.Tensor:
+    """The 2-D sinusoidal positional encoding of the map's ``h x w`` token grid, ``[h * w,
+    hidden]`` (App. B.2: the map tokens keep their place in the image)."""
+    ys, xs = torch.meshgrid(
+        torch.linspace(-1, 1, h, device=device),
+        torch.linspace(1, -1, w, device=device).flip(0),
+        indexing="ij",
+    )
+    half = hidden // 2
+    pos = torch.cat(
+        [sinusoidal(xs * 50, half, 1000.0), sinusoidal(-ys * 50, hidden - half, 1000.0)], dim=-1
+    )
+    return pos.reshape(h * w, hidden)
 
 
 class LocalMap(nn.Module):
@@ -340,16 +346,7 @@ def _stacked_map_kv(P, bb, raster):
             y = F.silu(y)
     Bm, _, hh, ww = y.shape
     H = bb.hidden
-    # MapEncoder._encode's positional encoding, on the members' tokens
-    ys, xs = torch.meshgrid(
-        torch.linspace(-1, 1, hh, device=y.device),
-        torch.linspace(1, -1, ww, device=y.device).flip(0),
-        indexing="ij",
-    )
-    half = H // 2
-    pos = torch.cat(
-        [sinusoidal(xs * 50, half, 1000.0), sinusoidal(-ys * 50, H - half, 1000.0)], dim=-1
-    ).reshape(hh * ww, H)
+    pos = map_positions(hh, ww, H, y.device)  # MapEncoder's, on the members' tokens
     tokens = y.reshape(Bm, k, H, hh * ww).permute(1, 0, 3, 2) + pos  # [K, B, T, H]
     out = []
     for i, block in enumerate(bb.blocks):
