@@ -92,6 +92,17 @@ class ClassifierConfig:
     train: TrainConfig = attrs.field(factory=TrainConfig)
     weighting: str = attrs.field(default="is", validator=v.in_(WEIGHTINGS))
     guidance_scale: float = 1.0
+    #: Fraction of each synthetic set held out (balanced) for the classifier's per-noise-level
+    #: diagnostics (:mod:`genneg.diagnostics`); ``0``: train on all of it, no diagnostics.
+    holdout: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(1.0)])
+    #: ``[sigma_lo, sigma_hi]``: guide only at those noise levels (:mod:`genneg.window`);
+    #: empty: at every level.
+    guidance_window: list[float] = attrs.field(factory=list)
+
+    @guidance_window.validator
+    def _check_window(self, attribute, value):
+        if value and not (len(value) == 2 and 0 <= value[0] < value[1]):
+            raise ValueError(f"guidance_window must be [sigma_lo, sigma_hi], got {value!r}")
 
 
 @attrs.frozen(kw_only=True)

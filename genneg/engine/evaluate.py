@@ -78,9 +78,20 @@ def gather_labelled(labelled, categories):
 
 
 def elbo_metrics(
-    denoiser, split, process, *, k, points, kind, generator, batch_size=500, progress=False
+    denoiser,
+    split,
+    process,
+    *,
+    k,
+    points,
+    kind,
+    generator,
+    batch_size=500,
+    progress=False,
+    return_values=False,
 ):
     """Mean ELBO (or r-ELBO) per dimension on the first ``points`` rows of ``split``, +- s.e.
+    (``return_values``: also the per-point values, key ``values``, for paired comparisons).
 
     Under torch.distributed each rank takes a contiguous share of the points, with its own
     generator (:func:`genneg.distributed.rank_generator`), and the values are gathered."""
@@ -110,4 +121,7 @@ def elbo_metrics(
     if distributed.is_distributed():
         v = distributed.all_gather_tensor(v.cpu())
     se = float(v.std(unbiased=True) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-    return {"elbo": float(v.mean()), "elbo_se": se, "elbo_kind": kind, "elbo_points": n}
+    out = {"elbo": float(v.mean()), "elbo_se": se, "elbo_kind": kind, "elbo_points": n}
+    if return_values:
+        out["values"] = v
+    return out

@@ -17,7 +17,11 @@ def results_table(rows, *, categories=(), ceiling=None) -> str:
     head = ["stage", "infraction %"] + [f"{c} %" for c in categories]
     if has_element:
         head.append("per element %")
-    head += [f"{'r-ELBO' if kind == 'r-elbo' else 'ELBO'} (nats/dim)", "NFE/sample", "ms/sample"]
+    head.append(f"{'r-ELBO' if kind == 'r-elbo' else 'ELBO'} (nats/dim)")
+    paired = any("elbo_diff" in r for r in rows)
+    if paired:  # genneg.diagnostics.elbo_vs_baseline
+        head += ["ELBO - baseline (paired)", "baseline - sum log alpha"]
+    head += ["NFE/sample", "ms/sample"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["stage"], _pm(r["infraction"], r["infraction_se"])]
@@ -26,8 +30,12 @@ def results_table(rows, *, categories=(), ceiling=None) -> str:
             cells.append(_pm(cat["rate"], cat["se"]) if cat else "-")
         if has_element:
             cells.append(_pm(r.get("element_infraction"), r.get("element_infraction_se", 0)))
+        cells.append(_pm(r["elbo"], r["elbo_se"], 3))
+        if paired:
+            has = "elbo_diff" in r
+            cells.append(_pm(r["elbo_diff"], r["elbo_diff_se"], 3) if has else "-")
+            cells.append(f"{r['elbo_ideal']:.3f}" if has else "-")
         cells += [
-            _pm(r["elbo"], r["elbo_se"], 3),
             f"{r['nfe_per_sample']:.0f}",
             f"{1000 * r['seconds_per_sample']:.3f}",
         ]

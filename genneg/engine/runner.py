@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from genneg import config as config_mod
-from genneg import distributed
+from genneg import diagnostics, distributed
 from genneg.components import Splits
 from genneg.diffusion.loss import DenoisingLoss, real_dims
 from genneg.engine import build
@@ -44,6 +44,7 @@ from genneg.engine.train import denoising_loss, fit, minibatch
 from genneg.guidance import GuidedDenoiser
 from genneg.plots import scatter_2d, stage_curves
 from genneg.plugins import get_registry
+from genneg.window import windowed
 
 
 class RunError(RuntimeError):
@@ -180,7 +181,10 @@ class Experiment:
         return net.to(self.device)
 
     def guided(self, classifiers):
-        return GuidedDenoiser(self.base, classifiers, self.cfg.classifier.guidance_scale)
+        window = self.cfg.classifier.guidance_window
+        return GuidedDenoiser(
+            self.base, windowed(classifiers, window), self.cfg.classifier.guidance_scale
+        )
 
     # --- evaluation ---
     def evaluate(self, stage: str, model) -> dict:
@@ -219,7 +223,9 @@ class Experiment:
             kind=cfg.eval.elbo,
             generator=stage_generator(cfg.seed, "eval", "elbo"),
             progress=self.progress,
+            return_values=True,
         )
+        values = elbo.pop("values")
         row = {
             "stage": stage,
             **metrics,
@@ -228,6 +234,9 @@ class Experiment:
             "seconds_per_sample": seconds / n,
             "n_classifiers": len(getattr(model, "classifiers", ())),
         }
+        if distributed.is_main():  # paired ELBO difference to the baseline, -log(alpha) bound
+            dims = float(real_dims(split.x[:1], split.index(torch.arange(1)).cond))
+            row.update(diagnostics.elbo_vs_baseline(self.rd, stage, values, dims))
         self.rd.metric("eval", **row)
         self.rd.log(
             f"{stage}: infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} %,"
@@ -437,6 +446,9 @@ def _run(exp: Experiment, rd: RunDir, registry) -> list[dict]:
             f"{stage}: drew {synth.n_drawn} samples in {t_synth:.1f} s "
             f"({synth.n_negative} infracting), alpha = {synth.alpha:.4f}"
         )
+        synth, held = diagnostics.hold_out(
+            synth, cfg.classifier.holdout, stage_generator(cfg.seed, stage, "holdout")
+        )
         t0 = time.perf_counter()
         clf.train()
         hist = train_classifier(
@@ -451,6 +463,18 @@ def _run(exp: Experiment, rd: RunDir, registry) -> list[dict]:
         )
         rd.metric("train", stage=stage, history=hist, seconds=time.perf_counter() - t0)
         clf.eval().requires_grad_(False)
+        if held is not None and distributed.is_main():
+            diag = diagnostics.record(
+                rd,
+                stage,
+                clf,
+                held,
+                synth,
+                weighting=cfg.classifier.weighting,
+                process=exp.process,
+                generator=stage_generator(cfg.seed, stage, "diagnostics"),
+            )
+            log(f"{stage}: classifier on held-out data: {diagnostics.summary(diag)}")
         classifiers.append(clf)
         rd.save(stage, {"classifier": clf}, exp.config_toml, {"synth": synth.summary()})
         rows[stage] = exp.evaluate(stage, exp.guided(classifiers))
