@@ -1,0 +1,207 @@
+"""Gaussian data with a halfspace oracle, where the Bayes classifier is closed form: the
+pipeline's trained classifier against it, guided samples against the truncated base
+(Theorem 1), the kernel Bayes reference and the diagnostics built on it, the guidance window."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from genneg.components import DataSplit, Oracle, OracleResult
+from genneg.config import SynthConfig, TrainConfig
+from genneg.diagnostics import (
+    classifier_diagnostics,
+    hold_out,
+    kernel_bayes_log_prob,
+    paired_difference,
+)
+from genneg.diffusion.edm import EDMProcess
+from genneg.diffusion.samplers import edm_heun
+from genneg.engine.classifier import train_classifier
+from genneg.engine.sampling import ModelSampler
+from genneg.engine.synth import _cat, draw_labelled
+from genneg.guidance import GuidedDenoiser, TimeClassifier
+from genneg.window import WindowedClassifier, windowed
+from tests.gaussian import GaussianData
+
+DATA = GaussianData(mu=0.3, s=0.7, dim=1)
+ALPHA = 1 - 0.5 * math.erfc(0.3 / 0.7 / math.sqrt(2))  # P(x0 > 0) = Phi(mu / s)
+
+
+class HalfLine(Oracle):
+    """Valid where ``x > 0``."""
+
+    categories = ("negative",)
+
+    def label(self, x, cond):
+        valid = x[:, 0] > 0
+        return OracleResult(valid=valid, categories={"negative": ~valid})
+
+
+class SmallClassifier(nn.Module):
+    granularity = "sample"
+
+    def __init__(self, hidden=64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, x_in, c_noise, **cond):
+        return self.net(torch.cat([x_in, c_noise[:, None]], dim=1)).squeeze(-1)
+
+
+def bayes(x, sigma):
+    """``P(x0 > 0 | x_sigma)`` under the Gaussian base: ``x0 | x ~ N(m, v)``."""
+    s2 = DATA.s**2
+    m = (s2 * x[:, 0] + sigma**2 * DATA.mu) / (s2 + sigma**2)
+    v = s2 * sigma**2 / (s2 + sigma**2)
+    return 0.5 * torch.erfc(-m / torch.sqrt(2 * v))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The pipeline on the exact base: draw and label (Algorithm 1), train with Eq. (13)."""
+    torch.manual_seed(0)
+    process = EDMProcess()
+    sampler = ModelSampler(edm_heun, process, 32, {}, DataSplit(x=torch.zeros(1, 1)), 4000)
+    synth = draw_labelled(
+        sampler,
+        DATA.denoiser,
+        HalfLine(),
+        "halfline",
+        SynthConfig(n_per_class=3000, max_samples=40_000),
+        keep_natural=False,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
+    )
+    synth, held = hold_out(synth, 0.2, torch.Generator().manual_seed(2))
+    clf = TimeClassifier(SmallClassifier(), process)
+    train_classifier(
+        clf,
+        synth,
+        weighting="is",
+        process=process,
+        train=TrainConfig(steps=2000, batch_size=512, lr=3e-3, log_every=2000),
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+    )
+    clf.eval().requires_grad_(False)
+    return process, synth, held, clf
+
+
+def test_alpha_of_the_synthetic_set_is_the_base_mass_of_the_valid_set(trained):
+    _, synth, _, _ = trained
+    n = synth.n_positive + synth.n_negative
+    assert abs(synth.alpha - ALPHA) < 3 * math.sqrt(ALPHA * (1 - ALPHA) / n) + 0.01
+
+
+def test_trained_classifier_is_close_to_bayes_at_the_sampler_noise_levels(trained):
+    process, _, _, clf = trained
+    g = torch.Generator().manual_seed(4)
+    x0 = DATA.sample(4000, g)
+    worst = 0.0
+    for sigma in process.sampling_sigmas(32)[:-1].tolist():
+        xt = x0 + sigma * torch.randn(x0.shape, generator=g)
+        p = torch.sigmoid(clf(xt, torch.full((len(xt),), sigma)))
+        worst = max(worst, float((p - bayes(xt, torch.tensor(sigma))).abs().mean()))
+    assert worst < 0.05
+
+
+def test_guided_samples_follow_the_truncated_base(trained):
+    """Theorem 1: the guided model is the base truncated to the valid set."""
+    process, _, _, clf = trained
+    g = torch.Generator().manual_seed(5)
+    sigmas = process.sampling_sigmas(32)
+    guided = edm_heun(
+        GuidedDenoiser(DATA.denoiser, [clf]), process.sample_prior((3000, 1), g), sigmas
+    )
+    plain = edm_heun(DATA.denoiser, process.sample_prior((3000, 1), g), sigmas)
+    ref = DATA.sample(20_000, g)
+    ref = ref[ref[:, 0] > 0][:3000]
+    assert stats.ks_2samp(guided[:, 0].numpy(), ref[:, 0].numpy()).pvalue > 0.01
+    assert stats.ks_2samp(plain[:, 0].numpy(), ref[:, 0].numpy()).pvalue < 1e-6  # control
+    assert float((guided[:, 0] <= 0).float().mean()) < 0.02
+
+
+def test_kernel_bayes_reference_converges_to_the_closed_form():
+    g = torch.Generator().manual_seed(6)
+    x0 = DATA.sample(20_000, g)
+    labels = x0[:, 0] > 0
+    for sigma in (0.1, 0.5, 2.0, 20.0):
+        q = DATA.sample(500, g)
+        xt = q + sigma * torch.randn(q.shape, generator=g)
+        s = torch.full((len(xt),), sigma)
+        lp, ln, ess = kernel_bayes_log_prob(xt, s, x0, labels, torch.ones(len(x0)))
+        assert torch.allclose(lp.exp() + ln.exp(), torch.ones(len(xt)), atol=1e-5)
+        assert float((lp.exp() - bayes(xt, torch.tensor(sigma))).abs().mean()) < 0.02
+        assert float(ess.min()) > 10
+
+
+def test_diagnostics_of_the_trained_classifier(trained):
+    process, synth, held, clf = trained
+    ref = _cat([synth.positives, synth.negatives])
+    d = classifier_diagnostics(
+        clf,
+        held,
+        ref,
+        alpha=synth.alpha,
+        weighting="is",
+        process=process,
+        generator=torch.Generator().manual_seed(7),
+    )
+    b = d["bins"]
+    assert sum(b["n"]) == d["n_points"] * d["draws"] == len(held) * 4
+    assert all(0 <= a <= 1 for a in b["acc"])
+    # the learned classifier is close to the kernel Bayes one where that is reliable
+    reliable = [i for i, e in enumerate(b["ess"]) if e >= 10]
+    assert len(reliable) >= 4
+    for i in reliable:
+        assert abs(b["bce"][i] - b["bce_bayes"][i]) < 0.03
+        assert b["p_gap"][i] < 0.05
+    # at the largest noise levels C ~ alpha: weighted BCE ~ the binary entropy of alpha
+    h = -(synth.alpha * math.log(synth.alpha) + (1 - synth.alpha) * math.log(1 - synth.alpha))
+    assert abs(b["bce"][-1] - h) < 0.02
+
+
+def test_hold_out_keeps_the_balance_and_alpha(trained):
+    _, synth, held, _ = trained
+    assert int(held.labels.sum()) == len(held) - int(held.labels.sum())
+    with pytest.raises(ValueError, match="held-out fraction"):
+        hold_out(synth, 1.5, torch.Generator())
+    same, none = hold_out(synth, 0.0, torch.Generator())
+    assert same is synth and none is None
+
+
+def test_window_zeroes_guidance_outside_and_keeps_it_inside(trained):
+    process, _, _, clf = trained
+    x = torch.randn(64, 1)
+    full = GuidedDenoiser(DATA.denoiser, [clf])
+    win = GuidedDenoiser(DATA.denoiser, windowed([clf], [0.1, 1.0]))
+    for sigma, inside in ((0.05, False), (0.5, True), (5.0, False)):
+        gw, gf = win.guidance(x, sigma), full.guidance(x, sigma)
+        if inside:
+            assert torch.allclose(gw, gf)
+        else:
+            assert torch.all(gw == 0) and gf.abs().max() > 0
+    # per-sample noise levels straddling the window
+    s = torch.tensor([0.05, 0.5]).repeat(32)
+    gw, gf = win.guidance(x, s), full.guidance(x, s)
+    assert torch.all(gw[::2] == 0) and torch.allclose(gw[1::2], gf[1::2])
+    with pytest.raises(ValueError, match="sigma_lo < sigma_hi"):
+        WindowedClassifier(clf, 1.0, 0.5)
+    with pytest.raises(ValueError, match="sigma_lo, sigma_hi"):
+        windowed([clf], [1.0])
+
+
+def test_paired_difference():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    diff, se = paired_difference(a + torch.tensor([0.1, 0.3, 0.1, 0.3]), a)
+    assert diff == pytest.approx(0.2)
+    assert se == pytest.approx(float(torch.tensor([0.1, 0.3, 0.1, 0.3]).std()) / 2)
