@@ -205,3 +205,51 @@ def test_paired_difference():
     diff, se = paired_difference(a + torch.tensor([0.1, 0.3, 0.1, 0.3]), a)
     assert diff == pytest.approx(0.2)
     assert se == pytest.approx(float(torch.tensor([0.1, 0.3, 0.1, 0.3]).std()) / 2)
+
+
+class _Affine(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x, sigma, **cond):
+        return self.w * x
+
+
+@pytest.mark.parametrize("sigma", ["training", "elbo"])
+def test_distillation_options_reach_the_teacher(sigma):
+    """With either noise-level distribution (and with an EMA) the student converges to a
+    teacher it can represent."""
+    from genneg.engine.distill import score_matching_distill
+
+    process = EDMProcess()
+    teacher, student = _Affine(), _Affine()
+    teacher.w.data.fill_(0.8)
+    score_matching_distill(
+        student,
+        teacher,
+        DataSplit(x=torch.randn(256, 1)),
+        process=process,
+        train=TrainConfig(steps=300, batch_size=256, lr=1e-2, log_every=300),
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+        sigma=sigma,
+        ema=0.9,
+    )
+    assert student.w.item() == pytest.approx(0.8, abs=0.01)
+
+
+def test_distillation_rejects_bad_options():
+    from genneg.engine.distill import score_matching_distill
+
+    kw = dict(
+        process=EDMProcess(),
+        train=TrainConfig(steps=1),
+        generator=torch.Generator(),
+        progress=False,
+    )
+    data = DataSplit(x=torch.randn(4, 1))
+    with pytest.raises(ValueError, match="'training' or 'elbo'"):
+        score_matching_distill(_Affine(), _Affine(), data, sigma="uniform", **kw)
+    with pytest.raises(ValueError, match="ema must be in"):
+        score_matching_distill(_Affine(), _Affine(), data, ema=1.0, **kw)
