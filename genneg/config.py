@@ -95,6 +95,9 @@ class ClassifierConfig:
     #: Fraction of each synthetic set held out (balanced) for the classifier's per-noise-level
     #: diagnostics (:mod:`genneg.diagnostics`); ``0``: train on all of it, no diagnostics.
     holdout: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(1.0)])
+    #: ``hard``: the oracle's labels; ``posterior``: the labels averaged over which training
+    #: point made ``x_t`` (same expected loss, less noise; :mod:`genneg.classifier_targets`).
+    targets: str = attrs.field(default="hard", validator=v.in_(("hard", "posterior")))
     #: ``[sigma_lo, sigma_hi]``: guide only at those noise levels (:mod:`genneg.window`);
     #: empty: at every level.
     guidance_window: list[float] = attrs.field(factory=list)

@@ -253,3 +253,52 @@ def test_distillation_rejects_bad_options():
         score_matching_distill(_Affine(), _Affine(), data, sigma="uniform", **kw)
     with pytest.raises(ValueError, match="ema must be in"):
         score_matching_distill(_Affine(), _Affine(), data, ema=1.0, **kw)
+
+
+def test_posterior_targets_limits_and_errors(trained):
+    from genneg.classifier_loss import label_weights
+    from genneg.classifier_targets import check_targets, posterior_targets
+
+    _, synth, _, _ = trained
+    data = _cat([synth.positives, synth.negatives])
+    w = label_weights(data.labels, synth.alpha, "is", float(data.labels.float().mean()))
+    x, y = data.data.x, data.labels
+    # tiny noise: each point's own label
+    own = posterior_targets(x, torch.full((len(x),), 1e-4), x, y, w, block=500)
+    assert torch.equal(own > 0.5, y)
+    # huge noise: the importance-weighted label fraction of its block (alpha on average)
+    far = posterior_targets(x, torch.full((len(x),), 1e4), x, y, w, block=len(x))
+    assert torch.allclose(far, torch.full((len(x),), synth.alpha), atol=1e-3)
+    # in between: the kernel posterior over the block
+    s = torch.full((100,), 0.3)
+    ref = kernel_bayes_log_prob(x[:100] + 0.1, s, x[:100], y[:100], w[:100])[0].exp()
+    got = posterior_targets(x[:100] + 0.1, s, x[:100], y[:100], w[:100], block=100)
+    assert torch.allclose(got, ref, atol=1e-5)
+    check_targets("posterior", data, "sample")
+    with pytest.raises(ValueError, match="unknown classifier targets"):
+        check_targets("soft", data, "sample")
+    with pytest.raises(ValueError, match="per-sample classifier on unconditional"):
+        check_targets("posterior", data, "element")
+
+
+def test_posterior_targets_train_a_classifier_close_to_bayes(trained):
+    """The pipeline with posterior targets: also within 0.05 of the Bayes classifier."""
+    process, synth, _, _ = trained
+    clf = TimeClassifier(SmallClassifier(), process)
+    train_classifier(
+        clf,
+        synth,
+        weighting="is",
+        process=process,
+        train=TrainConfig(steps=1000, batch_size=512, lr=3e-3, log_every=1000),
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+        targets="posterior",
+    )
+    clf.eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(4)
+    x0 = DATA.sample(4000, g)
+    for sigma in process.sampling_sigmas(32)[:-1].tolist():
+        xt = x0 + sigma * torch.randn(x0.shape, generator=g)
+        p = torch.sigmoid(clf(xt, torch.full((len(xt),), sigma)))
+        assert float((p - bayes(xt, torch.tensor(sigma))).abs().mean()) < 0.05

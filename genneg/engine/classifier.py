@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from genneg import rng
 from genneg.classifier_loss import label_weights, weighted_bce
+from genneg.classifier_targets import check_targets, posterior_targets
 from genneg.diffusion.shapes import broadcast
 from genneg.engine.synth import _cat
 from genneg.engine.train import cond_rows, fit, sharded_mean
@@ -19,15 +20,27 @@ def training_set(synth, weighting: str):
 
 
 def train_classifier(
-    classifier, synth, *, weighting, process, train, generator, progress=True, log=None
+    classifier,
+    synth,
+    *,
+    weighting,
+    process,
+    train,
+    generator,
+    progress=True,
+    log=None,
+    targets="hard",
 ):
     """Fit ``classifier`` (a :class:`TimeClassifier`) on ``x_t = x0 + sigma eps`` of the
-    synthetic set with the importance-weighted BCE of Eq. (13) (or an ablation)."""
+    synthetic set with the importance-weighted BCE of Eq. (13) (or an ablation); ``targets``
+    ``"posterior"``: the labels averaged over which training point made ``x_t``
+    (:mod:`genneg.classifier_targets`)."""
     data = training_set(synth, weighting).to(next(classifier.parameters()).device)
     if classifier.granularity == "element" and data.element_labels is None:
         raise ValueError("a per-element classifier needs an oracle that returns element_valid")
     pi1 = float(data.labels.float().mean())
     alpha = synth.alpha
+    check_targets(targets, data, classifier.granularity)
 
     def loss_fn(step):
         n = len(data)
@@ -38,12 +51,15 @@ def train_classifier(
         sigma = process.sample_classifier_sigma(x0.shape[0], generator, x0.device)
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
         els = batch.element_labels
+        labels = batch.labels
+        if targets == "posterior":
+            labels = posterior_targets(xt, sigma, x0, labels, weights)
 
         def mean_fn(rows):  # rows: all of them in one process, this rank's share otherwise
             c = cond_rows(cond, rows)
             return weighted_bce(
                 classifier(xt[rows], sigma[rows], **c),
-                batch.labels[rows],
+                labels[rows],
                 weights[rows],
                 element_labels=None if els is None else els[rows],
                 mask=c.get("mask"),

@@ -457,6 +457,7 @@ def _run(exp: Experiment, rd: RunDir, registry) -> list[dict]:
             weighting=cfg.classifier.weighting,
             process=exp.process,
             train=cfg.classifier.train,
+            targets=cfg.classifier.targets,
             generator=stage_generator(cfg.seed, stage, "train"),
             progress=progress,
             log=log,
