@@ -55,6 +55,8 @@ class TrainConfig:
     lr: float = attrs.field(default=3e-4, validator=_positive)
     grad_clip: float = attrs.field(default=0.0, validator=_non_negative)
     lr_warmup: int = attrs.field(default=0, validator=_non_negative)
+    #: ``constant`` or ``cosine`` (decay to 0 over ``steps``, after the warm-up).
+    lr_schedule: str = attrs.field(default="constant", validator=v.in_(("constant", "cosine")))
     log_every: int = attrs.field(default=100, validator=_positive)
 
 

@@ -272,7 +272,32 @@ def hold_out(synth, fraction: float, generator):
     return attrs.evolve(synth, **kept), _cat(held)
 
 
-def record(rd, stage: str, classifier, held, synth, *, weighting, process, generator) -> dict:
+@torch.no_grad()
+def valid_data_penalty(classifier, data, process, max_points: int = 2000) -> float:
+    """``E[-log C(x; sigma_min)]`` per dimension over real held-out data ``x`` (a
+    :class:`DataSplit`, valid by assumption).
+
+    Under Theorem 1 the stacked model is the previous one times ``C(x; sigma -> 0)``,
+    renormalised; so on valid data its log-likelihood changes by ``log C(x; 0) - log Z``
+    with ``Z`` = the previous model's mass that ``C`` keeps. The optimal classifier has
+    ``C = 1`` on valid points and ``Z = alpha``; this penalty is what a learned classifier that
+    is unsure of valid points (typically near the boundary of the valid set, where it is
+    blurred) gives back of the gain ``-log alpha``."""
+    n = min(max_points, len(data))
+    part = data.index(torch.arange(n))
+    device = next(classifier.parameters()).device
+    x = part.x.to(device)
+    cond = {k: v.to(device) for k, v in part.cond.items()}
+    from genneg.diffusion.loss import real_dims
+
+    sigma = torch.full((n,), process.sigma_min, device=device)
+    logc = classifier.log_prob(x, sigma, **cond)
+    return float((-logc / real_dims(x, cond)).mean())
+
+
+def record(
+    rd, stage: str, classifier, held, synth, *, weighting, process, generator, valid_data=None
+) -> dict:
     """Diagnose ``classifier`` on ``held``, with the kernel Bayes classifier of its training
     set ``synth`` (balanced positives and negatives), write a ``classifier`` event to
     ``metrics.jsonl`` and the plots ``plots/classifier_<stage>.png`` and
@@ -290,6 +315,8 @@ def record(rd, stage: str, classifier, held, synth, *, weighting, process, gener
         process=process,
         generator=generator,
     )
+    if valid_data is not None:
+        diag["valid_penalty"] = valid_data_penalty(classifier, valid_data, process)
     rd.metric("classifier", stage=stage, **diag)
     events = [e for e in rd.read_metrics("classifier") if e["stage"] != stage]
     events.append({"stage": stage, **diag})
@@ -315,6 +342,11 @@ def diagnostics_table(events: list[dict]) -> str:
             )
             + f", accuracy {e['acc']:.3f}"
             + (f", guidance cost ~{e['elbo_cost']:.4f} nats/dim" if "elbo_cost" in e else "")
+            + (
+                f", -log C(x; sigma_min) on valid data {e['valid_penalty']:.4f} nats/dim"
+                if "valid_penalty" in e
+                else ""
+            )
         )
         b = e["bins"]
         head = ["sigma", "n", "accuracy", "BCE", "Bayes BCE", "|C - C*|", "ECE", "ess"]
@@ -363,6 +395,8 @@ def summary(diag: dict) -> str:
             f" its {diag['bce_bayes']:.4f}, mean |C - C*| {diag['p_gap']:.3f}"
         )
     text += f", accuracy {diag['acc']:.3f}"
+    if "valid_penalty" in diag:
+        text += f", -log C on valid data {diag['valid_penalty']:.4f} nats/dim"
     if "elbo_cost" in diag:
         text += f", gradient error ~{diag['elbo_cost']:.4f} nats/dim"
     return text

@@ -302,3 +302,16 @@ def test_posterior_targets_train_a_classifier_close_to_bayes(trained):
         xt = x0 + sigma * torch.randn(x0.shape, generator=g)
         p = torch.sigmoid(clf(xt, torch.full((len(xt),), sigma)))
         assert float((p - bayes(xt, torch.tensor(sigma))).abs().mean()) < 0.05
+
+
+def test_cosine_learning_rate_schedule():
+    from genneg.engine.train import learning_rate
+
+    cfg = TrainConfig(steps=100, lr=2.0, lr_schedule="cosine")
+    assert [learning_rate(cfg, s) for s in (0, 50)] == pytest.approx([2.0, 1.0])
+    assert learning_rate(cfg, 99) < 0.01
+    warm = TrainConfig(steps=110, lr=1.0, lr_warmup=10, lr_schedule="cosine")
+    assert [learning_rate(warm, s) for s in (0, 9, 60)] == pytest.approx([0.1, 1.0, 0.5])
+    assert learning_rate(TrainConfig(steps=100, lr=1.0), 50) == 1.0
+    with pytest.raises(ValueError):
+        TrainConfig(lr_schedule="linear")

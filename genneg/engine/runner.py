@@ -474,6 +474,7 @@ def _run(exp: Experiment, rd: RunDir, registry) -> list[dict]:
                 weighting=cfg.classifier.weighting,
                 process=exp.process,
                 generator=stage_generator(cfg.seed, stage, "diagnostics"),
+                valid_data=exp.splits.val,
             )
             log(f"{stage}: classifier on held-out data: {diagnostics.summary(diag)}")
         classifiers.append(clf)

@@ -100,9 +100,9 @@ def fit(
     history, window = [], []
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
-        if cfg.lr_warmup:
+        if cfg.lr_warmup or cfg.lr_schedule != "constant":
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup)
+                group["lr"] = learning_rate(cfg, step)
         loss = loss_fn(step)
         if multi:  # every rank sees the global loss, so all stop together on a bad one
             opt.zero_grad(set_to_none=True)
@@ -125,6 +125,17 @@ def fit(
                 log(f"{desc}: step {step + 1}/{cfg.steps} loss {mean:.5g}")
             window = []
     return history
+
+
+def learning_rate(cfg, step: int) -> float:
+    """The learning rate of step ``step``: linear warm-up over ``cfg.lr_warmup`` steps, then
+    constant or (``cfg.lr_schedule == "cosine"``) a cosine decay to 0 at ``cfg.steps``."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup) if cfg.lr_warmup else cfg.lr
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.steps - cfg.lr_warmup, 1)
+        done = min(max(step - cfg.lr_warmup, 0), span)
+        lr *= 0.5 * (1.0 + math.cos(math.pi * done / span))
+    return lr
 
 
 def loss_is_sane(history) -> bool:

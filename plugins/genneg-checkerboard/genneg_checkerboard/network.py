@@ -74,6 +74,7 @@ class ResidualMLPClassifier(ResidualMLP):
         fourier: int = 0,
         fourier_scale: float = 4.0,
         fourier_seed: int = 0,
+        fourier_sigma: float = 0.0,
     ):
         if fourier < 0 or not fourier_scale > 0:
             raise ValueError("fourier must be >= 0 and fourier_scale > 0")
@@ -85,9 +86,14 @@ class ResidualMLPClassifier(ResidualMLP):
             g = torch.Generator().manual_seed(fourier_seed)
             freqs = fourier_scale * torch.randn(dim, fourier, generator=g)
         self.register_buffer("freqs", freqs)
+        self.fourier_sigma = fourier_sigma
 
     def forward(self, x_in, c_noise, **cond):
         if self.freqs is not None:
             arg = 2 * math.pi * x_in @ self.freqs
-            x_in = torch.cat([x_in, torch.sin(arg), torch.cos(arg)], dim=1)
+            feats = torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
+            if self.fourier_sigma:  # fade the features out above fourier_sigma (EDM c_noise)
+                sigma = torch.exp(4 * c_noise)
+                feats = feats / torch.sqrt(1 + (sigma / self.fourier_sigma) ** 2)[:, None]
+            x_in = torch.cat([x_in, feats], dim=1)
         return super().forward(x_in, c_noise).squeeze(-1)
