@@ -56,44 +56,12 @@ class ResidualMLP(nn.Module):
 
 
 class ResidualMLPClassifier(ResidualMLP):
-    """The same network with one output logit per sample (App. B.1).
-
-    ``fourier > 0`` appends ``fourier`` random Fourier features ``sin, cos(2 pi B x_in)``
-    (``B ~ N(0, fourier_scale^2)``, fixed at construction from ``fourier_seed``; Tancik et al.
-    2020) to the input, so the network can draw boundaries sharper than an MLP of that size
-    learns in few steps."""
+    """The same network with one output logit per sample (App. B.1)."""
 
     granularity = "sample"
 
-    def __init__(
-        self,
-        dim: int = 2,
-        hidden: int = 256,
-        emb_dim: int = 128,
-        blocks: int = 2,
-        fourier: int = 0,
-        fourier_scale: float = 4.0,
-        fourier_seed: int = 0,
-        fourier_sigma: float = 0.0,
-    ):
-        if fourier < 0 or not fourier_scale > 0:
-            raise ValueError("fourier must be >= 0 and fourier_scale > 0")
-        super().__init__(
-            dim=dim + 2 * fourier, out_dim=1, hidden=hidden, emb_dim=emb_dim, blocks=blocks
-        )
-        freqs = None  # no buffer without features: older checkpoints still load
-        if fourier:
-            g = torch.Generator().manual_seed(fourier_seed)
-            freqs = fourier_scale * torch.randn(dim, fourier, generator=g)
-        self.register_buffer("freqs", freqs)
-        self.fourier_sigma = fourier_sigma
+    def __init__(self, dim: int = 2, hidden: int = 256, emb_dim: int = 128, blocks: int = 2):
+        super().__init__(dim=dim, out_dim=1, hidden=hidden, emb_dim=emb_dim, blocks=blocks)
 
     def forward(self, x_in, c_noise, **cond):
-        if self.freqs is not None:
-            arg = 2 * math.pi * x_in @ self.freqs
-            feats = torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
-            if self.fourier_sigma:  # fade the features out above fourier_sigma (EDM c_noise)
-                sigma = torch.exp(4 * c_noise)
-                feats = feats / torch.sqrt(1 + (sigma / self.fourier_sigma) ** 2)[:, None]
-            x_in = torch.cat([x_in, feats], dim=1)
         return super().forward(x_in, c_noise).squeeze(-1)
