@@ -103,6 +103,8 @@ class ClassifierConfig:
     #: ``[sigma_lo, sigma_hi]``: guide only at those noise levels (:mod:`genneg.window`);
     #: empty: at every level.
     guidance_window: list[float] = attrs.field(factory=list)
+    #: Below this noise level the classifiers are evaluated at it (:mod:`genneg.window`).
+    sigma_floor: float = attrs.field(default=0.0, validator=v.ge(0.0))
 
     @guidance_window.validator
     def _check_window(self, attribute, value):

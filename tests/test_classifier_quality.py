@@ -315,3 +315,17 @@ def test_cosine_learning_rate_schedule():
     assert learning_rate(TrainConfig(steps=100, lr=1.0), 50) == 1.0
     with pytest.raises(ValueError):
         TrainConfig(lr_schedule="linear")
+
+
+def test_sigma_floor_evaluates_the_classifier_at_the_floor(trained):
+    process, _, _, clf = trained
+    x = torch.randn(64, 1)
+    floored = GuidedDenoiser(DATA.denoiser, windowed([clf], [], floor=0.05))
+    full = GuidedDenoiser(DATA.denoiser, [clf])
+    # below the floor: C(x; 0.05), scaled by the actual sigma^2 of Eq. (9)
+    g_at_floor = full.guidance(x, 0.05) * (0.01 / 0.05) ** 2
+    assert torch.allclose(floored.guidance(x, 0.01), g_at_floor, rtol=1e-5, atol=1e-8)
+    assert torch.allclose(floored.guidance(x, 0.5), full.guidance(x, 0.5))
+    assert windowed([clf], [], 0.0) == [clf]
+    with pytest.raises(ValueError, match="sigma_floor"):
+        WindowedClassifier(clf, 0.0, 1.0, floor=2.0)

@@ -181,9 +181,9 @@ class Experiment:
         return net.to(self.device)
 
     def guided(self, classifiers):
-        window = self.cfg.classifier.guidance_window
+        c = self.cfg.classifier
         return GuidedDenoiser(
-            self.base, windowed(classifiers, window), self.cfg.classifier.guidance_scale
+            self.base, windowed(classifiers, c.guidance_window, c.sigma_floor), c.guidance_scale
         )
 
     # --- evaluation ---
