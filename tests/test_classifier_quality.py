@@ -329,3 +329,52 @@ def test_sigma_floor_evaluates_the_classifier_at_the_floor(trained):
     assert windowed([clf], [], 0.0) == [clf]
     with pytest.raises(ValueError, match="sigma_floor"):
         WindowedClassifier(clf, 0.0, 1.0, floor=2.0)
+
+
+def test_a_run_records_classifier_diagnostics_and_the_paired_elbo(tmp_path):
+    """The engine hooks: a held-out split, one ``classifier`` event and plot per iteration,
+    the paired ELBO difference to the baseline and the -log(alpha) bound per stage; the
+    window, floor and posterior targets run end to end; ``genneg eval`` shows the diagnostics."""
+    import attrs
+    from click.testing import CliRunner
+
+    from genneg.cli import cli
+    from genneg.engine.rundir import RunDir
+    from genneg.engine.runner import run
+    from genneg.plugins import build_registry
+    from tests import toy_plugin
+    from tests.toy_plugin import toy_config
+
+    registry = build_registry({"toy": toy_plugin}, autoload=False)
+    cfg = toy_config()
+    cfg = attrs.evolve(
+        cfg,
+        classifier=attrs.evolve(
+            cfg.classifier,
+            holdout=0.2,
+            targets="posterior",
+            guidance_window=[0.0, 40.0],
+            sigma_floor=0.01,
+        ),
+    )
+    out = tmp_path / "r"
+    rows = run(cfg, out, registry=registry, progress=False, quiet=True)
+    events = RunDir(out, quiet=True).read_metrics("classifier")
+    assert [e["stage"] for e in events] == ["iter1", "iter2"]
+    for e in events:
+        assert len(e["bins"]["acc"]) == 8 and "bce_bayes" in e and e["valid_penalty"] >= 0
+        assert (out / "plots" / f"classifier_{e['stage']}.png").exists()
+    assert (out / "plots" / "classifiers.png").exists()
+    synth = {e["stage"]: e["alpha"] for e in RunDir(out, quiet=True).read_metrics("synth")}
+    base = rows[0]
+    assert "elbo_diff" not in base
+    for r in rows[1:]:
+        values = torch.load(out / "elbo_points" / f"{r['stage']}.pt", weights_only=True)
+        ref = torch.load(out / "elbo_points" / "baseline.pt", weights_only=True)
+        assert r["elbo_diff"] == pytest.approx(float((values - ref).mean()), abs=1e-9)
+        assert r["elbo"] - base["elbo"] == pytest.approx(r["elbo_diff"], abs=1e-6)
+    gain = -(math.log(synth["iter1"]) + math.log(synth["iter2"])) / 2  # toy data is 2-D
+    assert rows[2]["elbo_ideal"] == pytest.approx(base["elbo"] + gain, abs=1e-6)
+    assert "ELBO - baseline (paired)" in (out / "results.md").read_text()
+    shown = CliRunner().invoke(cli, ["eval", str(out)])
+    assert shown.exit_code == 0 and "held-out weighted BCE" in shown.output
