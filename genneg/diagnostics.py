@@ -417,7 +417,8 @@ def elbo_vs_baseline(rd, stage: str, values, dims: float) -> dict:
     stages are scored on the same points and noise) and the baseline's ELBO plus the gain
     Theorem 1 promises for the optimal classifiers so far, ``-sum_j log alpha_j / dims``
     (``elbo_ideal``; iteration ``j``'s model is iteration ``j - 1``'s truncated to the valid
-    set, which raises each valid point's log-likelihood by ``-log alpha_j``)."""
+    set, which raises each valid point's log-likelihood by ``-log alpha_j``). ``dims``: the
+    points' harmonic mean dimension count (the mean of ``-log alpha / dims_i``)."""
     folder = rd.path / "elbo_points"
     folder.mkdir(exist_ok=True)
     from genneg.engine.rundir import atomic_path

@@ -235,7 +235,8 @@ class Experiment:
             "n_classifiers": len(getattr(model, "classifiers", ())),
         }
         if distributed.is_main():  # paired ELBO difference to the baseline, -log(alpha) bound
-            dims = float(real_dims(split.x[:1], split.index(torch.arange(1)).cond))
+            part = split.index(torch.arange(len(values)))  # the ELBO's points
+            dims = 1.0 / float((1.0 / real_dims(part.x, part.cond).double()).mean())
             row.update(diagnostics.elbo_vs_baseline(self.rd, stage, values, dims))
         self.rd.metric("eval", **row)
         self.rd.log(
