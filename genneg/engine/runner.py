@@ -234,10 +234,14 @@ class Experiment:
             "seconds_per_sample": seconds / n,
             "n_classifiers": len(getattr(model, "classifiers", ())),
         }
-        if distributed.is_main():  # paired ELBO difference to the baseline, -log(alpha) bound
+        # paired ELBO difference to the baseline and the -log(alpha) bound (rank 0 keeps the
+        # per-point values in the run directory; every rank returns the same row)
+        extra = None
+        if distributed.is_main():
             part = split.index(torch.arange(len(values)))  # the ELBO's points
             dims = 1.0 / float((1.0 / real_dims(part.x, part.cond).double()).mean())
-            row.update(diagnostics.elbo_vs_baseline(self.rd, stage, values, dims))
+            extra = diagnostics.elbo_vs_baseline(self.rd, stage, values, dims)
+        row.update(distributed.broadcast_object(extra))
         self.rd.metric("eval", **row)
         self.rd.log(
             f"{stage}: infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} %,"
