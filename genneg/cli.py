@@ -154,6 +154,12 @@ def eval_cmd(run_dir, as_json):
         return
     cats = sorted({c for r in ordered for c in r.get("categories", {})})
     click.echo(results_table(ordered, categories=cats))
+    diags = [e for e in rd.read_metrics("classifier") if e["stage"] in rows]
+    if diags:
+        from genneg.diagnostics import diagnostics_table
+
+        click.echo("\nclassifiers on their held-out synthetic data, by noise level:\n")
+        click.echo(diagnostics_table(diags))
     stopped = rd.state().get("stopped")
     if stopped:
         click.echo(f"\nthe loop stopped early: {stopped}")

@@ -60,6 +60,8 @@ class TrainConfig:
     lr: float = attrs.field(default=3e-4, validator=_positive)
     grad_clip: float = attrs.field(default=0.0, validator=_non_negative)
     lr_warmup: int = attrs.field(default=0, validator=_non_negative)
+    #: ``constant`` or ``cosine`` (decay to 0 over ``steps``, after the warm-up).
+    lr_schedule: str = attrs.field(default="constant", validator=v.in_(("constant", "cosine")))
     log_every: int = attrs.field(default=100, validator=_positive)
 
 
@@ -105,6 +107,22 @@ class ClassifierConfig:
     weighting: str = attrs.field(default="is", validator=v.in_(WEIGHTINGS))
     element_loss: str = attrs.field(default="per-element", validator=v.in_(ELEMENT_LOSSES))
     guidance_scale: float = 1.0
+    #: Fraction of each synthetic set held out (balanced) for the classifier's per-noise-level
+    #: diagnostics (:mod:`genneg.diagnostics`); ``0``: train on all of it, no diagnostics.
+    holdout: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(1.0)])
+    #: ``hard``: the oracle's labels; ``posterior``: the labels averaged over which training
+    #: point made ``x_t`` (same expected loss, less noise; :mod:`genneg.classifier_targets`).
+    targets: str = attrs.field(default="hard", validator=v.in_(("hard", "posterior")))
+    #: ``[sigma_lo, sigma_hi]``: guide only at those noise levels (:mod:`genneg.window`);
+    #: empty: at every level.
+    guidance_window: list[float] = attrs.field(factory=list)
+    #: Below this noise level the classifiers are evaluated at it (:mod:`genneg.window`).
+    sigma_floor: float = attrs.field(default=0.0, validator=v.ge(0.0))
+
+    @guidance_window.validator
+    def _check_window(self, attribute, value):
+        if value and not (len(value) == 2 and 0 <= value[0] < value[1]):
+            raise ValueError(f"guidance_window must be [sigma_lo, sigma_hi], got {value!r}")
 
 
 @attrs.frozen(kw_only=True)

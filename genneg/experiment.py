@@ -32,6 +32,7 @@ from genneg.engine.sampling import ModelSampler
 from genneg.errors import DataError, RunError
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.plugins import get_registry
+from genneg.window import windowed
 
 #: Names of a run's stages: the baseline, the stack after K classifiers, the distilled model.
 STAGE_PATTERN = re.compile(r"baseline|distill|iter[1-9]\d*")
@@ -134,8 +135,11 @@ class Experiment:
         return net.to(self.device)
 
     def guided(self, classifiers) -> GuidedDenoiser:
-        """The baseline guided by the stack ``classifiers`` (Eq. 9)."""
-        return GuidedDenoiser(self.base, classifiers, self.cfg.classifier.guidance_scale)
+        """The baseline guided by the stack ``classifiers`` (Eq. 9), each in the config's
+        guidance window (:mod:`genneg.window`)."""
+        c = self.cfg.classifier
+        stack = windowed(classifiers, c.guidance_window, c.sigma_floor)
+        return GuidedDenoiser(self.base, stack, c.guidance_scale)
 
     # --- finished stages ---
     def finished_stages(self) -> list[str]:

@@ -38,10 +38,13 @@ they are trained on (:data:`ELEMENT_LOSSES`):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from genneg import rng
+from genneg.classifier_targets import posterior_targets
 from genneg.components import index_cond
 from genneg.diffusion.shapes import broadcast, masked_sum, real_dims
 from genneg.distributed import sharded_mean
@@ -55,13 +58,13 @@ WEIGHTINGS = ("is", "no-is", "imbalanced")
 ELEMENT_LOSSES = ("per-element", "joint")
 
 
-def _regression(process, model, xt, x0, cond, sigma, target_fn):
-    """``mean lambda(sigma) |model(x_t; sigma) - target|^2`` (per real coordinate), sharded."""
+def _regression(weight_fn, model, xt, x0, cond, sigma, target_fn):
+    """``mean weight(sigma) |model(x_t; sigma) - target|^2`` (per real coordinate), sharded."""
 
     def mean_fn(rows):
         x, s, c = xt[rows], sigma[rows], index_cond(cond, rows)
         target = target_fn(x, s, c, rows)
-        err = broadcast(process.loss_weight(s), x) * (model(x, s, **c) - target) ** 2
+        err = broadcast(weight_fn(s), x) * (model(x, s, **c) - target) ** 2
         return (masked_sum(err, c) / real_dims(x0[rows], c)).mean()
 
     return sharded_mean(mean_fn, x0.shape[0])
@@ -80,8 +83,12 @@ class DenoisingLoss:
         noise = rng.randn(x0.shape, generator, x0.device, x0.dtype)
         xt = x0 + broadcast(sigma, x0) * noise
         return _regression(
-            self.process, denoiser, xt, x0, cond, sigma, lambda x, s, c, rows: x0[rows]
+            self.process.loss_weight, denoiser, xt, x0, cond, sigma, lambda x, s, c, rows: x0[rows]
         )
+
+
+def _inverse_square(sigma: torch.Tensor) -> torch.Tensor:
+    return sigma**-2
 
 
 class DistillationLoss:
@@ -89,16 +96,33 @@ class DistillationLoss:
     data. Since ``|s_teacher - s_student|^2 = |D_teacher - D_student|^2 / sigma^4``, we regress
     in denoiser space with the process' training weight ``lambda(sigma)`` as gamma (the weighting
     of the baseline's Eq. 5) and its training noise levels. The teacher (a stacked, guided model)
-    is evaluated without a graph through it."""
+    is evaluated without a graph through it.
 
-    def __init__(self, process):
-        self.process = process
+    ``sigma="elbo"`` draws ``ln sigma`` uniformly on ``[sigma_min, sigma_max]`` and weights the
+    error by ``1 / sigma^2`` instead: gamma_t of the continuous-time ELBO (:mod:`genneg.elbo`),
+    so the loss is the student's ELBO-weighted distance to the teacher at every noise level the
+    ELBO and the sampler visit.
+    """
+
+    SIGMAS = ("training", "elbo")
+
+    def __init__(self, process, sigma: str = "training"):
+        if sigma not in self.SIGMAS:
+            raise ValueError(f"distill sigma must be 'training' or 'elbo', got {sigma!r}")
+        self.process, self.sigma = process, sigma
 
     def __call__(self, student, teacher, x0, cond, generator=None) -> torch.Tensor:
-        sigma = self.process.sample_training_sigma(x0.shape[0], generator, x0.device)
+        n, p = x0.shape[0], self.process
+        if self.sigma == "elbo":
+            lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
+            sigma = torch.exp(lo + (hi - lo) * rng.rand(n, generator, x0.device))
+            weight_fn = _inverse_square
+        else:
+            sigma = p.sample_training_sigma(n, generator, x0.device)
+            weight_fn = p.loss_weight
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
         return _regression(
-            self.process,
+            weight_fn,
             student,
             xt,
             x0,
@@ -183,6 +207,9 @@ class ClassifierLoss:
     :param pi1: the training set's fraction of positives (1/2 for the balanced set).
     :param element_loss: for per-element logits, ``per-element`` (each element's label, the
         paper's by-agent loss) or ``joint`` (the scene label through ``prod_a sigmoid(f_a)``).
+    :param targets: ``hard`` (the oracle's labels) or ``posterior`` (the labels averaged over
+        which training point of the minibatch made ``x_t``: the same expected loss, less label
+        noise; :mod:`genneg.classifier_targets`).
     """
 
     def __init__(
@@ -193,13 +220,14 @@ class ClassifierLoss:
         weighting: str = "is",
         pi1: float = 0.5,
         element_loss: str = "per-element",
+        targets: str = "hard",
     ):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; choose from {WEIGHTINGS}")
         if element_loss not in ELEMENT_LOSSES:
             raise ValueError(f"unknown element_loss {element_loss!r}; choose from {ELEMENT_LOSSES}")
         self.process, self.alpha, self.weighting, self.pi1 = process, alpha, weighting, pi1
-        self.element_loss = element_loss
+        self.element_loss, self.targets = element_loss, targets
 
     def __call__(
         self, classifier, x0, cond, labels, element_labels=None, generator=None
@@ -207,12 +235,15 @@ class ClassifierLoss:
         weights = label_weights(labels, self.alpha, self.weighting, self.pi1)
         sigma = self.process.sample_classifier_sigma(x0.shape[0], generator, x0.device)
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
+        targets = labels
+        if self.targets == "posterior":
+            targets = posterior_targets(xt, sigma, x0, labels, weights)
 
         def mean_fn(rows):
             c = index_cond(cond, rows)
             return weighted_bce(
                 classifier(xt[rows], sigma[rows], **c),
-                labels[rows],
+                targets[rows],
                 weights[rows],
                 element_labels=None if element_labels is None else element_labels[rows],
                 mask=c.get("mask"),

@@ -175,7 +175,7 @@ def stacked_log_prob(owner, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
     rebuilt when the stack (its members, their modes, shapes or devices) changes."""
     classifiers = list(owner.classifiers)
     # the members and their modes; the stacks check their own tensors (refresh)
-    key = [(id(c), c.training, c.network.training) for c in classifiers]
+    key = [(id(c), c.training, getattr(c, "network", c).training) for c in classifiers]
     plan = owner.__dict__.get("_stack_plan")
     if plan is None or plan[0] != key:
         groups, singles = split_stack(classifiers)

@@ -3,23 +3,55 @@ match a (stacked, guided) teacher with Eq. (14)."""
 
 from __future__ import annotations
 
+import torch
+
 from genneg.engine.train import fit, minibatch
 from genneg.losses import DistillationLoss
 
 
 def score_matching_distill(
-    student, teacher, data, *, process, train, generator, progress=True, log=None
+    student,
+    teacher,
+    data,
+    *,
+    process,
+    train,
+    generator,
+    progress=True,
+    log=None,
+    sigma: str = "training",
+    ema: float = 0.0,
 ):
     """Train ``student`` in place to match ``teacher`` on noised true data ``data`` (a
     :class:`genneg.DataSplit`) with :class:`genneg.losses.DistillationLoss` (Eq. 14); returns
-    the loss history ``[(step, loss)]``."""
+    the loss history ``[(step, loss)]``.
+
+    Options (``distill.options``): ``sigma`` (``"training"``: the process' training noise
+    levels and weight; ``"elbo"``: the ELBO's, see the loss) and ``ema`` (``> 0``: the student
+    ends with the exponential moving average, that decay per step, of its weights)."""
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"distill ema must be in [0, 1), got {ema}")
     for p in teacher.parameters():
         p.requires_grad_(False)
-    loss = DistillationLoss(process)
+    loss = DistillationLoss(process, sigma=sigma)
+    params = [p for p in student.parameters() if p.requires_grad]
+    average = [p.detach().clone() for p in params] if ema else None
+
+    def update_average():
+        with torch.no_grad():
+            for a, p in zip(average, params, strict=True):
+                a.lerp_(p, 1.0 - ema)
 
     def loss_fn(step):
+        if average is not None and step > 0:  # the previous step's weights
+            update_average()
         batch = minibatch(data, train.batch_size, generator)
         return loss(student, teacher, batch.x, batch.cond, generator)
 
-    params = student.parameters()
-    return fit(params, loss_fn, train, desc="distill", progress=progress, log=log, sharded=True)
+    history = fit(params, loss_fn, train, desc="distill", progress=progress, log=log, sharded=True)
+    if average is not None:
+        update_average()
+        with torch.no_grad():
+            for a, p in zip(average, params, strict=True):
+                p.copy_(a)
+    return history

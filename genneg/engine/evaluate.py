@@ -9,7 +9,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from genneg import distributed
+from genneg import diagnostics, distributed
 from genneg.components import DataSplit, OracleResult
 from genneg.diffusion.shapes import real_dims
 from genneg.elbo import ddpm_elbo, edm_elbo
@@ -53,7 +53,9 @@ def evaluate_stage(exp, stage: str, model, rd, *, progress: bool = False) -> dic
         kind=cfg.eval.elbo,
         generator=stage_generator(cfg.seed, "eval", "elbo"),
         progress=progress,
+        return_values=True,
     )
+    values = elbo.pop("values")
     row = {
         "stage": stage,
         **metrics,
@@ -62,6 +64,15 @@ def evaluate_stage(exp, stage: str, model, rd, *, progress: bool = False) -> dic
         "seconds_per_sample": seconds / n,
         "n_classifiers": len(getattr(model, "classifiers", ())),
     }
+    # paired ELBO difference to the baseline and the -log(alpha) bound (rank 0 keeps the
+    # per-point values in the run directory; every rank returns the same row)
+    extra = None
+    if distributed.is_main():
+        split = getattr(exp.splits, cfg.eval.elbo_split)
+        part = split.index(torch.arange(len(values)))  # the ELBO's points
+        dims = 1.0 / float((1.0 / real_dims(part.x, part.cond).double()).mean())
+        extra = diagnostics.elbo_vs_baseline(rd, stage, values, dims)
+    row.update(distributed.broadcast_object(extra))
     rd.metric("eval", **row)
     rd.log(
         f"{stage}: infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} %,"
@@ -166,9 +177,20 @@ def gather_labelled(labelled: Labelled | None, categories) -> Labelled:
 
 
 def elbo_metrics(
-    denoiser, split, process, *, k, points, kind, generator, batch_size=500, progress=False
+    denoiser,
+    split,
+    process,
+    *,
+    k,
+    points,
+    kind,
+    generator,
+    batch_size=500,
+    progress=False,
+    return_values=False,
 ):
     """Mean ELBO (or r-ELBO) per dimension on the first ``points`` rows of ``split``, +- s.e.
+    (``return_values``: also the per-point values, key ``values``, for paired comparisons).
 
     Under torch.distributed each rank takes a contiguous share of the points, with its own
     generator (:func:`genneg.distributed.rank_generator`), and the values are gathered."""
@@ -198,4 +220,7 @@ def elbo_metrics(
     if distributed.is_distributed():
         v = distributed.all_gather_tensor(v.cpu())
     se = float(v.std(unbiased=True) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-    return {"elbo": float(v.mean()), "elbo_se": se, "elbo_kind": kind, "elbo_points": n}
+    out = {"elbo": float(v.mean()), "elbo_se": se, "elbo_kind": kind, "elbo_points": n}
+    if return_values:
+        out["values"] = v
+    return out

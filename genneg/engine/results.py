@@ -25,7 +25,11 @@ def results_table(rows, *, categories=(), ceiling=None) -> str:
     head = ["stage", "infraction %"] + [f"{c} %" for c in categories]
     if has_element:
         head.append("per element %")
-    head += [f"{'r-ELBO' if kind == 'r-elbo' else 'ELBO'} (nats/dim)", "NFE/sample", "ms/sample"]
+    head.append(f"{'r-ELBO' if kind == 'r-elbo' else 'ELBO'} (nats/dim)")
+    paired = any("elbo_diff" in r for r in rows)
+    if paired:  # genneg.diagnostics.elbo_vs_baseline
+        head += ["ELBO - baseline (paired)", "baseline - sum log alpha"]
+    head += ["NFE/sample", "ms/sample"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["stage"], _pm(r["infraction"], r["infraction_se"])]
@@ -34,8 +38,12 @@ def results_table(rows, *, categories=(), ceiling=None) -> str:
             cells.append(_pm(cat["rate"], cat["se"]) if cat else "-")
         if has_element:
             cells.append(_pm(r.get("element_infraction"), r.get("element_infraction_se", 0)))
+        cells.append(_pm(r["elbo"], r["elbo_se"], 3))
+        if paired:
+            has = "elbo_diff" in r
+            cells.append(_pm(r["elbo_diff"], r["elbo_diff_se"], 3) if has else "-")
+            cells.append(f"{r['elbo_ideal']:.3f}" if has else "-")
         cells += [
-            _pm(r["elbo"], r["elbo_se"], 3),
             f"{r['nfe_per_sample']:.0f}",
             f"{1000 * r['seconds_per_sample']:.3f}",
         ]
@@ -60,3 +68,12 @@ def write_results(exp, rd, rows: list[dict]) -> None:
         with atomic_path(rd.path / "plots" / "curves.png") as tmp:
             stage_curves(rows, tmp, ceiling=ceiling if ceiling is not None else math.nan)
     rd.log("results:\n" + table)
+
+
+def headline(row: dict) -> str:
+    """A stage's headline metrics, for messages."""
+    return (
+        f"{row['stage']} has infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} % "
+        f"in {row['n']} samples, {row['elbo_kind']} {row['elbo']:.4f} ± {row['elbo_se']:.4f} "
+        "nats/dim"
+    )

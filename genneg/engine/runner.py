@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from genneg import distributed
+from genneg import diagnostics, distributed
 from genneg.engine.evaluate import evaluate_stage
-from genneg.engine.results import write_results
+from genneg.engine.results import headline, write_results
 from genneg.engine.rundir import RunDir, prepare_rundir
 from genneg.engine.synth import draw_labelled
 from genneg.engine.train import train_classifier, train_denoiser
@@ -185,6 +185,9 @@ class _Run:
             f"{name}: drew {synth.n_drawn} samples in {t_synth:.1f} s "
             f"({synth.n_negative} infracting), alpha = {synth.alpha:.4f}"
         )
+        synth, held = diagnostics.hold_out(
+            synth, cfg.classifier.holdout, self.generator(name, "holdout")
+        )
         t0 = time.perf_counter()
         clf.train()
         hist = train_classifier(
@@ -192,6 +195,7 @@ class _Run:
             synth,
             weighting=cfg.classifier.weighting,
             element_loss=cfg.classifier.element_loss,
+            targets=cfg.classifier.targets,
             process=exp.process,
             train=cfg.classifier.train,
             generator=self.generator(name, "train"),
@@ -200,6 +204,13 @@ class _Run:
         )
         rd.metric("train", stage=name, history=hist, seconds=time.perf_counter() - t0)
         clf.eval().requires_grad_(False)
+        if held is not None and distributed.is_main():  # per-noise-level diagnostics
+            gen, weighting = self.generator(name, "diagnostics"), cfg.classifier.weighting
+            diag = diagnostics.record(
+                rd, name, clf, held, synth, weighting=weighting, process=exp.process,
+                generator=gen, valid_data=exp.splits.val,
+            )  # fmt: skip
+            rd.log(f"{name}: classifier on held-out data: {diagnostics.summary(diag)}")
         return {"synth": synth.summary()}
 
     def distill(self, student, classifiers: list) -> None:
@@ -226,15 +237,6 @@ class _Run:
         """End the Gen-neG loop early: the model has (almost) no infractions left to learn
         from; the message carries the last stage's metrics."""
         last = self.rows.get(f"iter{i - 1}" if i > 1 else "baseline")
-        self.stopped = f"{exc}; {_summary(last)}" if last else str(exc)
+        self.stopped = f"{exc}; {headline(last)}" if last else str(exc)
         self.rd.log(f"{name}: stopping the Gen-neG loop: {self.stopped}")
         self.rd.mark_done("stopped", stopped=self.stopped)
-
-
-def _summary(row: dict) -> str:
-    """A stage's headline metrics, for messages."""
-    return (
-        f"{row['stage']} has infraction {row['infraction']:.2f} ± {row['infraction_se']:.2f} % "
-        f"in {row['n']} samples, {row['elbo_kind']} {row['elbo']:.4f} ± {row['elbo_se']:.4f} "
-        "nats/dim"
-    )

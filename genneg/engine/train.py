@@ -4,10 +4,13 @@ classifier (Eq. 13). The losses themselves live in :mod:`genneg.losses`."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
 from genneg import distributed, rng
+from genneg.classifier_targets import check_targets
 from genneg.losses import ClassifierLoss, DenoisingLoss
 
 
@@ -40,9 +43,9 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
     history, window = [], []
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
-        if cfg.lr_warmup:
+        if cfg.lr_warmup or cfg.lr_schedule != "constant":
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup)
+                group["lr"] = learning_rate(cfg, step)
         loss = loss_fn(step)
         if multi:  # every rank sees the global loss, so all stop together on a bad one
             opt.zero_grad(set_to_none=True)
@@ -65,6 +68,17 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
                 log(f"{desc}: step {step + 1}/{cfg.steps} loss {mean:.5g}")
             window = []
     return history
+
+
+def learning_rate(cfg, step: int) -> float:
+    """The learning rate of step ``step``: linear warm-up over ``cfg.lr_warmup`` steps, then
+    constant or (``cfg.lr_schedule == "cosine"``) a cosine decay to 0 at ``cfg.steps``."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup) if cfg.lr_warmup else cfg.lr
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.steps - cfg.lr_warmup, 1)
+        done = min(max(step - cfg.lr_warmup, 0), span)
+        lr *= 0.5 * (1.0 + math.cos(math.pi * done / span))
+    return lr
 
 
 def train_denoiser(denoiser, data, *, process, train, generator, progress=True, log=None):
@@ -99,18 +113,26 @@ def train_classifier(
     progress=True,
     log=None,
     element_loss="per-element",
+    targets="hard",
 ):
     """Fit ``classifier`` (a :class:`genneg.guidance.TimeClassifier`) in place on a synthetic
     set (:class:`genneg.engine.synth.SynthResult`) with the importance-weighted BCE of
     Eq. (13) (or an ablation); a per-element classifier on its elements' labels or, with
-    ``element_loss="joint"``, on the scene's."""
+    ``element_loss="joint"``, on the scene's; ``targets="posterior"``: the labels averaged
+    over which training point made ``x_t`` (:mod:`genneg.classifier_targets`)."""
     data = classifier_training_set(synth, weighting).to(next(classifier.parameters()).device)
     per_element = classifier.granularity == "element" and element_loss == "per-element"
     if per_element and data.element_labels is None:
         raise ValueError("a per-element classifier needs an oracle that returns element_valid")
     pi1 = float(data.labels.float().mean())
+    check_targets(targets, data, classifier.granularity)
     loss = ClassifierLoss(
-        process, alpha=synth.alpha, weighting=weighting, pi1=pi1, element_loss=element_loss
+        process,
+        alpha=synth.alpha,
+        weighting=weighting,
+        pi1=pi1,
+        element_loss=element_loss,
+        targets=targets,
     )
 
     def loss_fn(step):  # rows drawn with replacement, also when the set is smaller
