@@ -15,10 +15,16 @@ A dataset directory holds (bring your own data by writing these four files):
 ``rasters.pt``
     ``rasters`` uint8 ``[M, R, R]``: each map rasterised over the window (1 = drivable).
 
+Derived on first load and cached next to them (not part of the format): ``sdf.pt``, the signed
+distance (metres, + inside) from every raster pixel centre to its map's road edge
+(:func:`signed_distance`).
+
 :meth:`TrafficDataset.load` splits the scenes of the held-out city off as ``test`` and the
 others at random into ``train`` and ``val``; ``x`` is standardised with the stored statistics
-and ``cond`` holds ``mask``, ``map_id``, ``map`` (uint8 ``[B, 1, R, R]``) and ``map_frame``
-(float ``[B, 4]``, model-unit positions -> raster coordinates; :func:`map_frame`).
+and ``cond`` holds ``mask``, ``map_id``, ``map`` (uint8 ``[B, 1, R, R]``), ``map_frame``
+(float ``[B, 4]``, model-unit positions -> raster coordinates; :func:`map_frame`),
+``feature_frame`` (float ``[B, 14]``: the normalisation's mean and std, model units -> physical
+units) and ``sdf`` (float16 ``[B, 1, R, R]``, the signed distance to the road edge in metres).
 """
 
 from __future__ import annotations
@@ -209,6 +215,7 @@ class TrafficDataset(Dataset):
         scenes = torch.load(out / "scenes.pt", weights_only=True)
         rasters = torch.load(out / "rasters.pt", weights_only=True)["rasters"]
         self.maps = MapBank.load(out / "maps.pt")
+        sdf = load_sdf(out, self.maps, self.meta["window"], rasters.shape[-1])
         x = self.normalizer.normalize(scenes["x"].double()).float()
         x = torch.where(scenes["mask"][..., None], x, torch.zeros_like(x))
         full = DataSplit(
@@ -218,6 +225,8 @@ class TrafficDataset(Dataset):
                 "map_id": scenes["map_id"],
                 "map": rasters[scenes["map_id"]][:, None],
                 "map_frame": map_frame(self.normalizer, self.meta["window"]).expand(len(x), 4),
+                "feature_frame": feature_frame(self.normalizer).expand(len(x), 2 * len(FEATURES)),
+                "sdf": sdf[scenes["map_id"]][:, None],
             },
         )
         test_idx = self.meta["cities"].index(self.meta["test_city"])
@@ -246,3 +255,41 @@ def map_frame(normalizer: Normalizer, window: float) -> torch.Tensor:
     half = window / 2
     (mx, my), (sx, sy) = normalizer.mean[:2], normalizer.std[:2]
     return torch.tensor([[sx / half, mx / half, -sy / half, -my / half]], dtype=torch.float32)
+
+
+def feature_frame(normalizer: Normalizer) -> torch.Tensor:
+    """``[1, 14]`` = ``(mean[7], std[7])`` of the normalisation: physical = model * std + mean."""
+    return torch.tensor([[*normalizer.mean, *normalizer.std]], dtype=torch.float32)
+
+
+def signed_distance(geom, half: float, res: int) -> np.ndarray:
+    """``[res, res]`` float32: the distance (metres) from each pixel centre of the raster grid of
+    :func:`genneg_traffic.maps.rasterize` to the boundary of ``geom``, positive inside it."""
+    import shapely
+
+    step = 2 * half / res
+    centres = -half + step * (np.arange(res) + 0.5)
+    xs, ys = np.meshgrid(centres, centres[::-1])
+    xs, ys = xs.ravel(), ys.ravel()
+    if geom.is_empty:
+        return np.full((res, res), -2 * half, np.float32)
+    shapely.prepare(geom)
+    d = shapely.distance(geom.boundary, shapely.points(xs, ys))
+    inside = shapely.contains_xy(geom, xs, ys)
+    return np.where(inside, d, -d).reshape(res, res).astype(np.float32)
+
+
+def load_sdf(out: Path, maps: MapBank, window: float, res: int) -> torch.Tensor:
+    """``[M, R, R]`` float16 signed distances of every map (:func:`signed_distance`), cached in
+    ``<out>/sdf.pt`` (computed on first use, about 20 s for 1500 maps)."""
+    path = out / "sdf.pt"
+    if path.exists():
+        sdf = torch.load(path, weights_only=True)["sdf"]
+        if sdf.shape == (len(maps), res, res):
+            return sdf
+    sdf = np.stack([signed_distance(g, window / 2, res) for g in maps.geoms])
+    sdf = torch.from_numpy(sdf).to(torch.float16)
+    tmp = out / f".sdf.{os.getpid()}.pt"
+    torch.save({"sdf": sdf}, tmp)
+    os.replace(tmp, path)
+    return sdf

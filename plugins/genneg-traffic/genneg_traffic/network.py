@@ -162,6 +162,108 @@ class LocalMap(nn.Module):
         return F.grid_sample(img, grid, align_corners=False, padding_mode="zeros")[:, 0]
 
 
+def physical(x_in: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """Model-unit features ``[B, A, 7]`` -> physical units with ``frame`` ``[B, 14]`` (the
+    normalisation's mean and std, ``cond["feature_frame"]``)."""
+    mean, std = (
+        frame.to(x_in.dtype)[:, None, :N_FEATURES],
+        frame.to(x_in.dtype)[:, None, N_FEATURES:],
+    )
+    return x_in * std + mean
+
+
+def unit_heading(phys: torch.Tensor) -> torch.Tensor:
+    """``[..., 2]`` unit heading ``(cos, sin)`` of physical features (a zero vector stays
+    finite: it is normalised with a floor)."""
+    h = phys[..., 4:6]
+    return h / h.norm(dim=-1, keepdim=True).clamp_min(1e-3)
+
+
+class PairPose(nn.Module):
+    """The pose of agent j in agent i's frame, embedded into ``H`` for the RPE pair encoding
+    ``p_ij``. An addition to App. B.2's distance-only ``p_ij``: a collision depends on where
+    j is relative to i's heading (ahead, beside) and on both sizes, not on the distance alone.
+    Input per pair: Fourier features of ``(dx, dy) = R(-theta_i) (c_j - c_i)`` in metres at
+    wavelengths ``1 .. 2^(freqs-1)`` m, ``cos/sin(theta_j - theta_i)`` and the four sizes
+    (metres / 5); a 2-layer MLP to ``H``."""
+
+    def __init__(self, hidden: int, freqs: int = 7):
+        super().__init__()
+        self.register_buffer("omega", 2 * math.pi / 2.0 ** torch.arange(freqs), persistent=False)
+        self.proj = mlp(4 * freqs + 6, hidden, hidden)
+
+    def features(self, phys: torch.Tensor) -> torch.Tensor:
+        """``[B, A, A, 4 freqs + 6]`` pair inputs from physical features ``[B, A, 7]``."""
+        h = unit_heading(phys)  # [B, A, 2]
+        c, s = h[..., 0], h[..., 1]
+        d = phys[:, None, :, :2] - phys[:, :, None, :2]  # [B, i, j, 2] = c_j - c_i
+        dx = c[..., None] * d[..., 0] + s[..., None] * d[..., 1]  # along i's heading
+        dy = -s[..., None] * d[..., 0] + c[..., None] * d[..., 1]  # to i's left
+        cos_rel = c[:, :, None] * c[:, None, :] + s[:, :, None] * s[:, None, :]
+        sin_rel = c[:, :, None] * s[:, None, :] - s[:, :, None] * c[:, None, :]
+        args = torch.stack([dx, dy], -1)[..., None] * self.omega  # [B, A, A, 2, F]
+        four = torch.cat([torch.cos(args), torch.sin(args)], -1).flatten(-2)
+        A = phys.shape[1]
+        size_i = phys[:, :, None, 2:4].expand(-1, -1, A, -1)
+        size_j = phys[:, None, :, 2:4].expand(-1, A, -1, -1)
+        return torch.cat([four, cos_rel[..., None], sin_rel[..., None], size_i / 5, size_j / 5], -1)
+
+    def forward(self, phys: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(phys))
+
+
+class Footprint(nn.Module):
+    """The road under each agent's own rectangle: a ``kl x kw`` grid of points in the agent's
+    frame spanning its (noisy) length and width plus ``margin`` metres on every side, where
+    the raster (drivable +1 / -1) and the signed distance to the road edge (metres / 4,
+    clipped to +-2) are read by bilinear interpolation; an MLP embeds the ``2 kl kw`` reads.
+    An addition to App. B.2: offroad is decided by whether the rectangle's corners are on the
+    road, to within ``offroad_tol`` = 0.2 m, finer than any raster patch; the signed distance
+    varies linearly between pixels, so its interpolation is exact to well below a pixel."""
+
+    def __init__(self, hidden: int, grid=(7, 5), margin: float = 1.0):
+        super().__init__()
+        self.kl, self.kw = int(grid[0]), int(grid[1])
+        if self.kl < 2 or self.kw < 2:
+            raise ValueError(f"footprint grid must be at least 2 x 2, got {grid}")
+        self.margin = margin
+        self.proj = mlp(2 * self.kl * self.kw, hidden, hidden)
+
+    def points(self, phys: torch.Tensor) -> torch.Tensor:
+        """``[B, A, kl*kw, 2]`` physical positions of the grid points (row-major along the
+        length from the rear-right point)."""
+        h = unit_heading(phys)
+        half_l = phys[..., 2].clamp(0.5, 30.0) / 2 + self.margin
+        half_w = phys[..., 3].clamp(0.5, 10.0) / 2 + self.margin
+        fl = torch.linspace(-1, 1, self.kl, device=phys.device, dtype=phys.dtype)
+        fw = torch.linspace(-1, 1, self.kw, device=phys.device, dtype=phys.dtype)
+        shape = (*phys.shape[:2], self.kl, self.kw)
+        a = (half_l[..., None, None] * fl[:, None]).expand(shape).flatten(-2)  # along
+        b = (half_w[..., None, None] * fw[None, :]).expand(shape).flatten(-2)  # to the left
+        c, s = h[..., 0:1], h[..., 1:2]
+        px = phys[..., 0:1] + a * c - b * s
+        py = phys[..., 1:2] + a * s + b * c
+        return torch.stack([px, py], -1)
+
+    def read(self, phys, raster, sdf, map_frame, feature_frame) -> torch.Tensor:
+        """``[B, A, 2, kl*kw]``: raster and scaled signed distance at :meth:`points`."""
+        pts = self.points(phys)
+        ff = feature_frame.to(phys.dtype)
+        z = (pts - ff[:, None, None, 0:2]) / ff[:, None, None, N_FEATURES : N_FEATURES + 2]
+        a_x, b_x, a_y, b_y = map_frame.to(phys.dtype).unbind(-1)[:4]
+        u = a_x[:, None, None] * z[..., 0] + b_x[:, None, None]
+        v = a_y[:, None, None] * z[..., 1] + b_y[:, None, None]
+        img = torch.cat(
+            [raster.to(phys.dtype) * 2 - 1, (sdf.to(phys.dtype) / 4).clamp(-2, 2)], dim=1
+        )
+        grid = torch.stack([u, v], -1)  # [B, A, P, 2]
+        out = F.grid_sample(img, grid, align_corners=False, padding_mode="border")
+        return out.permute(0, 2, 1, 3)  # [B, 2, A, P] -> [B, A, 2, P]
+
+    def forward(self, phys, raster, sdf, map_frame, feature_frame):
+        return self.proj(self.read(phys, raster, sdf, map_frame, feature_frame).flatten(-2))
+
+
 class Block(nn.Module):
     """One backbone pair: RPE self-attention + FF, map cross-attention + FF (pre-LN)."""
 
@@ -194,6 +296,8 @@ class TrafficBackbone(nn.Module):
         map_width: int = 32,
         distance_scale: float = 100.0,
         local_map: int = 7,
+        pair_pose: bool = False,
+        footprint=None,
     ):
         super().__init__()
         self.hidden = hidden
@@ -202,6 +306,8 @@ class TrafficBackbone(nn.Module):
         self.time = mlp(hidden, hidden, hidden)
         self.map = MapEncoder(hidden, width=map_width)
         self.local = LocalMap(hidden, local_map) if local_map else None
+        self.pose = PairPose(hidden) if pair_pose else None
+        self.footprint = Footprint(hidden, footprint) if footprint else None
         self.blocks = nn.ModuleList(Block(hidden, heads, ff_mult) for _ in range(layers))
 
     def pair_encoding(self, x_in: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -211,22 +317,43 @@ class TrafficBackbone(nn.Module):
         d = torch.sqrt(((pos[:, :, None] - pos[:, None, :]) ** 2).sum(-1) + 1e-12)
         return sinusoidal(d * self.distance_scale, self.hidden) + temb[:, None, None, :]
 
-    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None):
+    def forward(
+        self, x_in, c_noise, mask=None, map=None, map_frame=None, feature_frame=None, sdf=None
+    ):
         B, A, _ = x_in.shape
         if mask is None:
             mask = torch.ones(B, A, dtype=torch.bool, device=x_in.device)
         if map is None:
             raise ValueError("the traffic network needs cond['map'] (the rasterised road)")
+        needs = {
+            "pair_pose": (self.pose, ("feature_frame",)),
+            "footprint": (self.footprint, ("feature_frame", "sdf", "map_frame")),
+        }
+        given = {"feature_frame": feature_frame, "sdf": sdf, "map_frame": map_frame}
+        for option, (module, keys) in needs.items():
+            missing = [k for k in keys if module is not None and given[k] is None]
+            if missing:
+                raise ValueError(f"the traffic network's {option} needs cond {missing}")
         temb = self.time(sinusoidal(c_noise.reshape(B).to(x_in.device), self.hidden))
         h = self.embed(x_in) + temb[:, None, :]
         if self.local is not None and map_frame is not None:
             h = h + self.local(x_in, map, map_frame)
+        phys = physical(x_in, feature_frame) if feature_frame is not None else None
+        if self.footprint is not None:
+            h = h + self.footprint(phys, map, sdf, map_frame, feature_frame)
         h = h * mask[..., None]
         p = self.pair_encoding(x_in, temb)
+        if self.pose is not None:
+            p = p + self.pose(phys)
         tokens = self.map(map)
         for block in self.blocks:
             h = block(h, p, mask, tokens)
         return h
+
+
+def _extra(cond: dict) -> tuple:
+    """The optional conditions of :meth:`TrafficBackbone.forward` after ``map_frame``."""
+    return cond.get("feature_frame"), cond.get("sdf")
 
 
 class TrafficDenoiser(nn.Module):
@@ -243,10 +370,10 @@ class TrafficDenoiser(nn.Module):
         h = self.backbone.hidden
         self.head = nn.Sequential(nn.LayerNorm(h), mlp(h, h, N_FEATURES))
 
-    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **_):
+    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **cond):
         if mask is None:
             mask = torch.ones(x_in.shape[:2], dtype=torch.bool, device=x_in.device)
-        h = self.backbone(x_in, c_noise, mask, map, map_frame)
+        h = self.backbone(x_in, c_noise, mask, map, map_frame, *_extra(cond))
         return self.head(h) * mask[..., None]
 
 
@@ -265,10 +392,10 @@ class TrafficClassifier(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(h), mlp(h, h, 1 if granularity == "element" else h))
         self.scene_head = mlp(h, h, 1) if granularity == "sample" else None
 
-    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **_):
+    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **cond):
         if mask is None:
             mask = torch.ones(x_in.shape[:2], dtype=torch.bool, device=x_in.device)
-        h = self.head(self.backbone(x_in, c_noise, mask, map, map_frame))
+        h = self.head(self.backbone(x_in, c_noise, mask, map, map_frame, *_extra(cond)))
         if self.granularity == "element":
             return h.squeeze(-1) * mask
         m = mask[..., None].to(h.dtype)
