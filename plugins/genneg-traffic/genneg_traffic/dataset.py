@@ -271,11 +271,15 @@ def signed_distance(geom, half: float, res: int) -> np.ndarray:
     centres = -half + step * (np.arange(res) + 0.5)
     xs, ys = np.meshgrid(centres, centres[::-1])
     xs, ys = xs.ravel(), ys.ravel()
-    if geom.is_empty:
+    # the polygonal part only: a GeometryCollection (an intersection may leave stray lines or
+    # points) has no boundary, and lines have no area to drive on
+    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
+    area = shapely.union_all(parts) if parts else shapely.Polygon()
+    if area.is_empty:
         return np.full((res, res), -2 * half, np.float32)
-    shapely.prepare(geom)
-    d = shapely.distance(geom.boundary, shapely.points(xs, ys))
-    inside = shapely.contains_xy(geom, xs, ys)
+    shapely.prepare(area)
+    d = shapely.distance(area.boundary, shapely.points(xs, ys))
+    inside = shapely.contains_xy(area, xs, ys)
     return np.where(inside, d, -d).reshape(res, res).astype(np.float32)
 
 

@@ -47,3 +47,23 @@ def test_option_mismatch_is_an_error(tmp_path):
         assert "built with" in str(exc)
     else:
         raise AssertionError("a dataset built with other options was silently reused")
+
+
+def test_signed_distance_to_the_road_edge():
+    """Exact distances at pixel centres: + inside, - outside; stray lines of a
+    GeometryCollection (what an intersection can leave) are no road and give no NaN."""
+    import numpy as np
+    import shapely
+    from genneg_traffic.dataset import signed_distance
+
+    road = shapely.box(-10.0, -2.0, 10.0, 2.0)  # a 4 m wide road along x
+    stray = shapely.LineString([(-10, 8), (10, 8)])
+    for geom in (road, shapely.GeometryCollection([road, stray])):
+        sdf = signed_distance(geom, half=10.0, res=10)  # 2 m pixels, centres at -9, -7, ... 9
+        assert np.isfinite(sdf).all()
+        ys = 9.0 - 2.0 * np.arange(10)  # row 0 is the top
+        want = np.minimum(2.0 - np.abs(ys), 1.0)  # inside: nearest edge is 1 m away (x = +-10)
+        want = np.where(np.abs(ys) < 2, want, 2.0 - np.abs(ys))
+        assert np.allclose(sdf[:, 0], want, atol=1e-6)
+        assert np.allclose(sdf[:, 4], 2.0 - np.abs(ys), atol=1e-6)
+    assert (signed_distance(shapely.Polygon(), 10.0, 4) == -20.0).all()
