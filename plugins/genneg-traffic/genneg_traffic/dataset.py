@@ -14,6 +14,10 @@ A dataset directory holds (bring your own data by writing these four files):
     the :class:`~genneg_traffic.maps.MapBank` (drivable area per map id, scene frame).
 ``rasters.pt``
     ``rasters`` uint8 ``[M, R, R]``: each map rasterised over the window (1 = drivable).
+``lanes.pt`` (optional; the SUMO source writes it)
+    ``fields`` float16 ``[M, 3, R, R]``: per map the lateral offset from the nearest lane centre
+    line and the lane's direction of travel at every pixel centre
+    (:func:`genneg_traffic.lanes.lane_fields`), ``channels`` their names.
 
 Derived on first load and cached next to them (not part of the format): ``sdf.pt``, the signed
 distance (metres, + inside) from every raster pixel centre to its map's road edge
@@ -24,7 +28,8 @@ others at random into ``train`` and ``val``; ``x`` is standardised with the stor
 and ``cond`` holds ``mask``, ``map_id``, ``map`` (uint8 ``[B, 1, R, R]``), ``map_frame``
 (float ``[B, 4]``, model-unit positions -> raster coordinates; :func:`map_frame`),
 ``feature_frame`` (float ``[B, 14]``: the normalisation's mean and std, model units -> physical
-units) and ``sdf`` (float16 ``[B, 1, R, R]``, the signed distance to the road edge in metres).
+units), ``sdf`` (float16 ``[B, 1, R, R]``, the signed distance to the road edge in metres) and,
+where the dataset has ``lanes.pt``, ``lanes`` (float16 ``[B, 3, R, R]``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 
 from genneg.components import Dataset, DataSplit, OracleResult, Splits
 from genneg_traffic.features import FEATURES, Normalizer
+from genneg_traffic.lanes import CHANNELS as LANE_CHANNELS
 from genneg_traffic.maps import MapBank
 from genneg_traffic.scenes import SceneCutter, WindowConfig
 
@@ -100,6 +106,11 @@ def build(
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp / "scenes.pt")
     MapBank(cutter.maps).save(tmp / "maps.pt")
     torch.save({"rasters": torch.from_numpy(np.stack(cutter.rasters))}, tmp / "rasters.pt")
+    files = ["scenes.pt", "maps.pt", "rasters.pt"]
+    if cutter.lane_fields and all(f is not None for f in cutter.lane_fields):
+        fields = torch.from_numpy(np.stack(cutter.lane_fields)).to(torch.float16)
+        torch.save({"fields": fields, "channels": list(LANE_CHANNELS)}, tmp / "lanes.pt")
+        files.append("lanes.pt")
     meta = {
         "format": FORMAT,
         "features": list(FEATURES),
@@ -117,7 +128,7 @@ def build(
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    for f in ("scenes.pt", "maps.pt", "rasters.pt", "meta.json"):  # meta.json last: "done"
+    for f in (*files, "meta.json"):  # meta.json last: "done"
         os.replace(tmp / f, out / f)
     tmp.rmdir()
     log(
@@ -216,6 +227,9 @@ class TrafficDataset(Dataset):
         rasters = torch.load(out / "rasters.pt", weights_only=True)["rasters"]
         self.maps = MapBank.load(out / "maps.pt")
         sdf = load_sdf(out, self.maps, self.meta["window"], rasters.shape[-1])
+        lanes = None
+        if (out / "lanes.pt").exists():
+            lanes = torch.load(out / "lanes.pt", weights_only=True)["fields"]
         x = self.normalizer.normalize(scenes["x"].double()).float()
         x = torch.where(scenes["mask"][..., None], x, torch.zeros_like(x))
         full = DataSplit(
@@ -227,6 +241,7 @@ class TrafficDataset(Dataset):
                 "map_frame": map_frame(self.normalizer, self.meta["window"]).expand(len(x), 4),
                 "feature_frame": feature_frame(self.normalizer).expand(len(x), 2 * len(FEATURES)),
                 "sdf": sdf[scenes["map_id"]][:, None],
+                **({} if lanes is None else {"lanes": lanes[scenes["map_id"]]}),
             },
         )
         test_idx = self.meta["cities"].index(self.meta["test_city"])

@@ -219,15 +219,22 @@ class Footprint(nn.Module):
     clipped to +-2) are read by bilinear interpolation; an MLP embeds the ``2 kl kw`` reads.
     An addition to App. B.2: offroad is decided by whether the rectangle's corners are on the
     road, to within ``offroad_tol`` = 0.2 m, finer than any raster patch; the signed distance
-    varies linearly between pixels, so its interpolation is exact to well below a pixel."""
+    varies linearly between pixels, so its interpolation is exact to well below a pixel.
 
-    def __init__(self, hidden: int, grid=(7, 5), margin: float = 1.0):
+    With ``lanes`` it also reads the lane fields (:mod:`genneg_traffic.lanes`): the lateral
+    offset from the nearest lane centre (metres / 2, clipped to +-2) and the lane's direction
+    of travel relative to the agent's heading, ``(cos, sin)`` of their difference, which
+    locate the car within its lane and say whether it is aligned with it."""
+
+    def __init__(self, hidden: int, grid=(7, 5), margin: float = 1.0, lanes: bool = False):
         super().__init__()
         self.kl, self.kw = int(grid[0]), int(grid[1])
         if self.kl < 2 or self.kw < 2:
             raise ValueError(f"footprint grid must be at least 2 x 2, got {grid}")
         self.margin = margin
-        self.proj = mlp(2 * self.kl * self.kw, hidden, hidden)
+        self.lanes = lanes
+        self.channels = 5 if lanes else 2
+        self.proj = mlp(self.channels * self.kl * self.kw, hidden, hidden)
 
     def points(self, phys: torch.Tensor) -> torch.Tensor:
         """``[B, A, kl*kw, 2]`` physical positions of the grid points (row-major along the
@@ -245,23 +252,33 @@ class Footprint(nn.Module):
         py = phys[..., 1:2] + a * s + b * c
         return torch.stack([px, py], -1)
 
-    def read(self, phys, raster, sdf, map_frame, feature_frame) -> torch.Tensor:
-        """``[B, A, 2, kl*kw]``: raster and scaled signed distance at :meth:`points`."""
+    def read(self, phys, raster, sdf, map_frame, feature_frame, lanes=None) -> torch.Tensor:
+        """``[B, A, C, kl*kw]``: raster and scaled signed distance at :meth:`points` (and, with
+        ``lanes``, the scaled offset and the lane direction in the agent's frame)."""
         pts = self.points(phys)
         ff = feature_frame.to(phys.dtype)
         z = (pts - ff[:, None, None, 0:2]) / ff[:, None, None, N_FEATURES : N_FEATURES + 2]
         a_x, b_x, a_y, b_y = map_frame.to(phys.dtype).unbind(-1)[:4]
         u = a_x[:, None, None] * z[..., 0] + b_x[:, None, None]
         v = a_y[:, None, None] * z[..., 1] + b_y[:, None, None]
-        img = torch.cat(
-            [raster.to(phys.dtype) * 2 - 1, (sdf.to(phys.dtype) / 4).clamp(-2, 2)], dim=1
-        )
+        chans = [raster.to(phys.dtype) * 2 - 1, (sdf.to(phys.dtype) / 4).clamp(-2, 2)]
+        if self.lanes:
+            chans.append(lanes.to(phys.dtype))
         grid = torch.stack([u, v], -1)  # [B, A, P, 2]
-        out = F.grid_sample(img, grid, align_corners=False, padding_mode="border")
-        return out.permute(0, 2, 1, 3)  # [B, 2, A, P] -> [B, A, 2, P]
+        out = F.grid_sample(torch.cat(chans, 1), grid, align_corners=False, padding_mode="border")
+        out = out.permute(0, 2, 1, 3)  # [B, C, A, P] -> [B, A, C, P]
+        if not self.lanes:
+            return out
+        h = unit_heading(phys)[..., None]  # [B, A, 2, 1]
+        lc, ls = out[:, :, 3], out[:, :, 4]
+        rel_c = lc * h[:, :, 0] + ls * h[:, :, 1]  # cos(lane - heading)
+        rel_s = ls * h[:, :, 0] - lc * h[:, :, 1]  # sin(lane - heading)
+        offset = (out[:, :, 2] / 2).clamp(-2, 2)
+        return torch.stack([out[:, :, 0], out[:, :, 1], offset, rel_c, rel_s], 2)
 
-    def forward(self, phys, raster, sdf, map_frame, feature_frame):
-        return self.proj(self.read(phys, raster, sdf, map_frame, feature_frame).flatten(-2))
+    def forward(self, phys, raster, sdf, map_frame, feature_frame, lanes=None):
+        reads = self.read(phys, raster, sdf, map_frame, feature_frame, lanes)
+        return self.proj(reads.flatten(-2))
 
 
 class Block(nn.Module):
@@ -298,6 +315,7 @@ class TrafficBackbone(nn.Module):
         local_map: int = 7,
         pair_pose: bool = False,
         footprint=None,
+        lanes: bool = False,
     ):
         super().__init__()
         self.hidden = hidden
@@ -307,7 +325,9 @@ class TrafficBackbone(nn.Module):
         self.map = MapEncoder(hidden, width=map_width)
         self.local = LocalMap(hidden, local_map) if local_map else None
         self.pose = PairPose(hidden) if pair_pose else None
-        self.footprint = Footprint(hidden, footprint) if footprint else None
+        if lanes and not footprint:
+            raise ValueError("lanes are read by the footprint: set footprint too")
+        self.footprint = Footprint(hidden, footprint, lanes=lanes) if footprint else None
         self.blocks = nn.ModuleList(Block(hidden, heads, ff_mult) for _ in range(layers))
 
     def pair_encoding(self, x_in: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -318,7 +338,15 @@ class TrafficBackbone(nn.Module):
         return sinusoidal(d * self.distance_scale, self.hidden) + temb[:, None, None, :]
 
     def forward(
-        self, x_in, c_noise, mask=None, map=None, map_frame=None, feature_frame=None, sdf=None
+        self,
+        x_in,
+        c_noise,
+        mask=None,
+        map=None,
+        map_frame=None,
+        feature_frame=None,
+        sdf=None,
+        lanes=None,
     ):
         B, A, _ = x_in.shape
         if mask is None:
@@ -328,8 +356,12 @@ class TrafficBackbone(nn.Module):
         needs = {
             "pair_pose": (self.pose, ("feature_frame",)),
             "footprint": (self.footprint, ("feature_frame", "sdf", "map_frame")),
+            "lanes": (
+                self.footprint if self.footprint and self.footprint.lanes else None,
+                ("lanes",),
+            ),
         }
-        given = {"feature_frame": feature_frame, "sdf": sdf, "map_frame": map_frame}
+        given = {"feature_frame": feature_frame, "sdf": sdf, "map_frame": map_frame, "lanes": lanes}
         for option, (module, keys) in needs.items():
             missing = [k for k in keys if module is not None and given[k] is None]
             if missing:
@@ -340,7 +372,7 @@ class TrafficBackbone(nn.Module):
             h = h + self.local(x_in, map, map_frame)
         phys = physical(x_in, feature_frame) if feature_frame is not None else None
         if self.footprint is not None:
-            h = h + self.footprint(phys, map, sdf, map_frame, feature_frame)
+            h = h + self.footprint(phys, map, sdf, map_frame, feature_frame, lanes)
         h = h * mask[..., None]
         p = self.pair_encoding(x_in, temb)
         if self.pose is not None:
@@ -353,7 +385,7 @@ class TrafficBackbone(nn.Module):
 
 def _extra(cond: dict) -> tuple:
     """The optional conditions of :meth:`TrafficBackbone.forward` after ``map_frame``."""
-    return cond.get("feature_frame"), cond.get("sdf")
+    return cond.get("feature_frame"), cond.get("sdf"), cond.get("lanes")
 
 
 class TrafficDenoiser(nn.Module):

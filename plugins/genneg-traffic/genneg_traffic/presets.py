@@ -80,8 +80,9 @@ def sumo_cpu_preset() -> RunConfig:
     """The CPU preset on SUMO traffic (real OSM networks of the eclipse-sumo wheel plus seeded
     netgenerate ones, Braunschweig held out): same network, training and sampling sizes.
     Needs ``genneg-traffic[sumo]``; the dataset is simulated on first use (about a minute)."""
-    window = {"max_agents": 6, "raster": 64}
-    dataset, oracle = _data("sumo-cpu", "sumo", window, {"sim_seconds": 900}, DATA_ROOT)
+    window = {"max_agents": 6, "raster": 64, "windows_per_snapshot": 24}
+    source = {"sim_seconds": 1800}
+    dataset, oracle = _data("sumo-cpu-lanes", "sumo", window, source, DATA_ROOT)
     return attrs.evolve(cpu_preset(), name="traffic-sumo", dataset=dataset, oracle=oracle)
 
 

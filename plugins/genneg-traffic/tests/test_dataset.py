@@ -67,3 +67,23 @@ def test_signed_distance_to_the_road_edge():
         assert np.allclose(sdf[:, 0], want, atol=1e-6)
         assert np.allclose(sdf[:, 4], 2.0 - np.abs(ys), atol=1e-6)
     assert (signed_distance(shapely.Polygon(), 10.0, 4) == -20.0).all()
+
+
+def test_lane_fields_offset_and_direction():
+    """Two opposite lanes 4 m apart along x: the offset is signed to the left of travel and
+    exact at pixel centres; the direction is the lane's; no lane gives -clip and (0, 0)."""
+    import numpy as np
+    import shapely
+    from genneg_traffic.lanes import lane_fields
+
+    east = shapely.LineString([(-30, -2), (30, -2)])  # travelling +x at y = -2
+    west = shapely.LineString([(30, 2), (-30, 2)])  # travelling -x at y = +2
+    f = lane_fields(np.array([east, west], dtype=object), half=10.0, res=10, clip=4.0)
+    ys = 9.0 - 2.0 * np.arange(10)  # pixel-centre y per row: 9, 7, ..., -9
+    col = f[:, :, 3]  # x = -3: far from the lines' ends
+    below = ys < 0  # nearest lane: the eastbound one; left of +x is +y
+    want_off = np.where(below, ys + 2, -(ys - 2))  # westbound: left of -x is -y
+    assert np.allclose(col[0], np.clip(want_off, -4, 4), atol=1e-6)
+    assert np.allclose(col[1], np.where(below, 1.0, -1.0)) and np.allclose(col[2], 0.0)
+    empty = lane_fields(np.array([], dtype=object), half=10.0, res=4)
+    assert np.allclose(empty[0], -4.0) and np.allclose(empty[1:], 0.0)

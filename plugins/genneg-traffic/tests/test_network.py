@@ -255,3 +255,33 @@ def test_footprint_points_and_reads_in_the_map_frame():
     assert reads.shape == (1, 1, 2, 6)
     assert torch.allclose(reads[0, 0, 1], (pts[:, 0] / 2 / 4).clamp(-2, 2), atol=1e-5)
     assert torch.allclose(reads[0, 0, 0], torch.ones(6))  # all on the drivable side
+
+
+def test_footprint_lane_reads_are_in_the_agents_frame():
+    """A lane field travelling +y everywhere, offset linear in x: a car heading +y reads
+    direction (1, 0) relative to itself, one heading -x reads (cos, sin) of -90 deg = (0, -1);
+    the offset channel is offset / 2 at every grid point."""
+    from genneg_traffic.dataset import feature_frame, map_frame
+    from genneg_traffic.features import Normalizer
+    from genneg_traffic.network import Footprint
+
+    fp = Footprint(hidden=8, grid=(2, 2), margin=0.5, lanes=True)
+    R = 16
+    centres = -40 + 5 * (torch.arange(R) + 0.5)
+    offset = (centres[None, :].expand(R, R) / 10)[None]  # x / 10 metres
+    lanes = torch.cat([offset, torch.zeros(1, R, R), torch.ones(1, R, R)])[None]
+    sdf = torch.full((1, 1, R, R), 3.0)
+    raster = torch.ones(1, 1, R, R, dtype=torch.uint8)
+    phys = torch.tensor(
+        [[[4.0, 1.0, 4.0, 2.0, 0.0, 1.0, 0.0], [-6.0, 3.0, 4.0, 2.0, -1.0, 0.0, 0.0]]]
+    )
+    norm = Normalizer(mean=[0.0] * 7, std=[10.0, 10.0] + [1.0] * 5)
+    reads = fp.read(phys, raster, sdf, map_frame(norm, 80.0), feature_frame(norm), lanes)
+    assert reads.shape == (1, 2, 5, 4)
+    pts = fp.points(phys)[0]  # [2, 4, 2]
+    assert torch.allclose(reads[0, :, 2], pts[..., 0] / 10 / 2, atol=1e-5)
+    assert torch.allclose(reads[0, 0, 3:], torch.tensor([[1.0] * 4, [0.0] * 4]), atol=1e-5)
+    assert torch.allclose(reads[0, 1, 3:], torch.tensor([[0.0] * 4, [-1.0] * 4]), atol=1e-5)
+    assert torch.allclose(reads[0, :, 1], torch.full((2, 4), 0.75))
+    with pytest.raises(ValueError, match="footprint too"):
+        TrafficDenoiser(**SMALL, lanes=True)
