@@ -184,16 +184,18 @@ class PairPose(nn.Module):
     ``p_ij``. An addition to App. B.2's distance-only ``p_ij``: a collision depends on where
     j is relative to i's heading (ahead, beside) and on both sizes, not on the distance alone.
     Input per pair: Fourier features of ``(dx, dy) = R(-theta_i) (c_j - c_i)`` in metres at
-    wavelengths ``1 .. 2^(freqs-1)`` m, ``cos/sin(theta_j - theta_i)`` and the four sizes
-    (metres / 5); a 2-layer MLP to ``H``."""
+    wavelengths ``1 .. 2^(freqs-1)`` m, ``cos/sin(theta_j - theta_i)``, the four sizes
+    (metres / 5) and the gaps between the two rectangles along and across i's heading (j's
+    half-extent projected on i's axes; metres / 5, clipped to +-4) and their maximum, which is
+    negative when two aligned rectangles overlap; a 2-layer MLP to ``H``."""
 
     def __init__(self, hidden: int, freqs: int = 7):
         super().__init__()
         self.register_buffer("omega", 2 * math.pi / 2.0 ** torch.arange(freqs), persistent=False)
-        self.proj = mlp(4 * freqs + 6, hidden, hidden)
+        self.proj = mlp(4 * freqs + 9, hidden, hidden)
 
     def features(self, phys: torch.Tensor) -> torch.Tensor:
-        """``[B, A, A, 4 freqs + 6]`` pair inputs from physical features ``[B, A, 7]``."""
+        """``[B, A, A, 4 freqs + 9]`` pair inputs from physical features ``[B, A, 7]``."""
         h = unit_heading(phys)  # [B, A, 2]
         c, s = h[..., 0], h[..., 1]
         d = phys[:, None, :, :2] - phys[:, :, None, :2]  # [B, i, j, 2] = c_j - c_i
@@ -206,7 +208,21 @@ class PairPose(nn.Module):
         A = phys.shape[1]
         size_i = phys[:, :, None, 2:4].expand(-1, -1, A, -1)
         size_j = phys[:, None, :, 2:4].expand(-1, A, -1, -1)
-        return torch.cat([four, cos_rel[..., None], sin_rel[..., None], size_i / 5, size_j / 5], -1)
+        li, wi, lj, wj = (v / 2 for v in (*size_i.unbind(-1), *size_j.unbind(-1)))
+        gap_lon = dx.abs() - li - (lj * cos_rel.abs() + wj * sin_rel.abs())
+        gap_lat = dy.abs() - wi - (lj * sin_rel.abs() + wj * cos_rel.abs())
+        gaps = torch.stack([gap_lon, gap_lat, torch.maximum(gap_lon, gap_lat)], -1)
+        return torch.cat(
+            [
+                four,
+                cos_rel[..., None],
+                sin_rel[..., None],
+                size_i / 5,
+                size_j / 5,
+                (gaps / 5).clamp(-4, 4),
+            ],
+            -1,
+        )
 
     def forward(self, phys: torch.Tensor) -> torch.Tensor:
         return self.proj(self.features(phys))

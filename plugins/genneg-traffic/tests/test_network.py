@@ -207,7 +207,7 @@ def test_pair_pose_is_the_pose_of_j_in_is_frame():
     phys = torch.tensor(
         [[[1.0, 2.0, 5.0, 2.0, 0.0, 1.0, 3.0], [1.0, 7.0, 4.0, 2.0, -1.0, 0.0, 0.0]]]
     )
-    f = pose.features(phys)  # [1, 2, 2, 4 * 3 + 6]
+    f = pose.features(phys)  # [1, 2, 2, 4 * 3 + 9]
     omega = 2 * math.pi / torch.tensor([1.0, 2.0, 4.0])
     # j = 1 seen from i = 0: 5 m straight ahead (dx = 5, dy = 0), turned 90 deg to the left
     dx, dy = 5.0, 0.0
@@ -216,6 +216,8 @@ def test_pair_pose_is_the_pose_of_j_in_is_frame():
             torch.cos(dx * omega), torch.sin(dx * omega),
             torch.cos(dy * omega), torch.sin(dy * omega),
             torch.tensor([0.0, 1.0, 1.0, 0.4, 0.8, 0.4]),
+            # gaps: along 5 - 2.5 - (0 + 1) = 1.5 m, across 0 - 1 - (2 + 0) = -3 m, max 1.5
+            torch.tensor([1.5, -3.0, 1.5]) / 5,
         ]
     )  # fmt: skip
     assert torch.allclose(f[0, 0, 1], want, atol=1e-5)
