@@ -11,6 +11,11 @@
   raster into ``(R/8)^2`` tokens with a 2-D sinusoidal positional encoding. In addition to
   App. B.2, each agent's embedding gets a ``k x k`` patch of the raster read at its own position
   (:class:`LocalMap`), so that lane-level placement does not hinge on 8-pixel tokens.
+* Agent-frame additions (options, off by default): ``pair_pose`` adds the pose of agent j in
+  agent i's frame to ``p_ij`` (:class:`PairPose`); ``footprint`` reads the road's raster and
+  signed distance -- and with ``lanes`` the lane fields -- on a grid over each agent's own
+  rectangle (:class:`Footprint`). They need ``cond["feature_frame"]``, ``cond["sdf"]`` and
+  ``cond["lanes"]`` (written by :class:`genneg_traffic.dataset.TrafficDataset`).
 * Decoders: a 2-layer MLP to 7 features (denoiser, epsilon-prediction), to 1 logit per agent
   (by-agent classifier), or -- for the by-scene classifier -- a masked mean over agents followed
   by an MLP. (The paper's by-scene head reads the first agent's row; the mean keeps the head
