@@ -15,7 +15,9 @@ hyperparameters; the weights come from ``params``)::
 
     def stacked_forward(self, params, buffers, x_in, c_noise, cache, **cond) -> Tensor
 
-A network may also set ``stack_max_batch``: above that batch size its members are evaluated one
+A network whose ``stacked_forward`` does not cover all its options sets ``can_stack`` False
+(the traffic network with its agent-frame additions). A network may also set
+``stack_max_batch``: above that batch size its members are evaluated one
 by one (on a CPU, a big stacked activation no longer fits the caches, and the loop is faster).
 
 ``params`` maps each of the network's parameter names to the K members' tensors stacked on a
@@ -47,7 +49,7 @@ def _signature(clf) -> tuple | None:
     if type(clf) is not TimeClassifier:
         return None
     net = clf.network
-    if getattr(type(net), "stacked_forward", None) is None:
+    if getattr(type(net), "stacked_forward", None) is None or not getattr(net, "can_stack", True):
         return None
     if any(m.training for m in net.modules()):
         return None

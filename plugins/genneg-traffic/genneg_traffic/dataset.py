@@ -14,11 +14,22 @@ A dataset directory holds (bring your own data by writing these four files):
     the :class:`~genneg_traffic.maps.MapBank` (drivable area per map id, scene frame).
 ``rasters.pt``
     ``rasters`` uint8 ``[M, R, R]``: each map rasterised over the window (1 = drivable).
+``lanes.pt`` (optional; the SUMO source writes it)
+    ``fields`` float16 ``[M, 3, R, R]``: per map the lateral offset from the nearest lane centre
+    line and the lane's direction of travel at every pixel centre
+    (:func:`genneg_traffic.lanes.lane_fields`), ``channels`` their names.
+
+Derived on first load and cached next to them (not part of the format): ``sdf.pt``, the signed
+distance (metres, + inside) from every raster pixel centre to its map's road edge
+(:func:`signed_distance`).
 
 :meth:`TrafficDataset.load` splits the scenes of the held-out city off as ``test`` and the
 others at random into ``train`` and ``val``; ``x`` is standardised with the stored statistics
-and ``cond`` holds ``mask``, ``map_id``, ``map`` (uint8 ``[B, 1, R, R]``) and ``map_frame``
-(float ``[B, 4]``, model-unit positions -> raster coordinates; :func:`map_frame`).
+and ``cond`` holds ``mask``, ``map_id``, ``map`` (uint8 ``[B, 1, R, R]``), ``map_frame``
+(float ``[B, 4]``, model-unit positions -> raster coordinates; :func:`map_frame`),
+``feature_frame`` (float ``[B, 14]``: the normalisation's mean and std, model units -> physical
+units), ``sdf`` (float16 ``[B, 1, R, R]``, the signed distance to the road edge in metres) and,
+where the dataset has ``lanes.pt``, ``lanes`` (float16 ``[B, 3, R, R]``).
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import torch
 
 from genneg import Dataset, DataSplit, OracleResult, Splits
 from genneg_traffic.features import FEATURES, Normalizer
+from genneg_traffic.lanes import CHANNELS as LANE_CHANNELS
 from genneg_traffic.maps import MapBank
 from genneg_traffic.scenes import SceneCutter, WindowConfig
 
@@ -94,6 +106,11 @@ def build(
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp / "scenes.pt")
     MapBank(cutter.maps).save(tmp / "maps.pt")
     torch.save({"rasters": torch.from_numpy(np.stack(cutter.rasters))}, tmp / "rasters.pt")
+    files = ["scenes.pt", "maps.pt", "rasters.pt"]
+    if cutter.lane_fields and all(f is not None for f in cutter.lane_fields):
+        fields = torch.from_numpy(np.stack(cutter.lane_fields)).to(torch.float16)
+        torch.save({"fields": fields, "channels": list(LANE_CHANNELS)}, tmp / "lanes.pt")
+        files.append("lanes.pt")
     meta = {
         "format": FORMAT,
         "features": list(FEATURES),
@@ -111,7 +128,7 @@ def build(
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    for f in ("scenes.pt", "maps.pt", "rasters.pt", "meta.json"):  # meta.json last: "done"
+    for f in (*files, "meta.json"):  # meta.json last: "done"
         os.replace(tmp / f, out / f)
     tmp.rmdir()
     log(
@@ -209,6 +226,10 @@ class TrafficDataset(Dataset):
         scenes = torch.load(out / "scenes.pt", weights_only=True)
         rasters = torch.load(out / "rasters.pt", weights_only=True)["rasters"]
         self.maps = MapBank.load(out / "maps.pt")
+        sdf = load_sdf(out, self.maps, self.meta["window"], rasters.shape[-1])
+        lanes = None
+        if (out / "lanes.pt").exists():
+            lanes = torch.load(out / "lanes.pt", weights_only=True)["fields"]
         x = self.normalizer.normalize(scenes["x"].double()).float()
         x = torch.where(scenes["mask"][..., None], x, torch.zeros_like(x))
         full = DataSplit(
@@ -218,6 +239,9 @@ class TrafficDataset(Dataset):
                 "map_id": scenes["map_id"],
                 "map": rasters[scenes["map_id"]][:, None],
                 "map_frame": map_frame(self.normalizer, self.meta["window"]).expand(len(x), 4),
+                "feature_frame": feature_frame(self.normalizer).expand(len(x), 2 * len(FEATURES)),
+                "sdf": sdf[scenes["map_id"]][:, None],
+                **({} if lanes is None else {"lanes": lanes[scenes["map_id"]]}),
             },
         )
         test_idx = self.meta["cities"].index(self.meta["test_city"])
@@ -246,3 +270,45 @@ def map_frame(normalizer: Normalizer, window: float) -> torch.Tensor:
     half = window / 2
     (mx, my), (sx, sy) = normalizer.mean[:2], normalizer.std[:2]
     return torch.tensor([[sx / half, mx / half, -sy / half, -my / half]], dtype=torch.float32)
+
+
+def feature_frame(normalizer: Normalizer) -> torch.Tensor:
+    """``[1, 14]`` = ``(mean[7], std[7])`` of the normalisation: physical = model * std + mean."""
+    return torch.tensor([[*normalizer.mean, *normalizer.std]], dtype=torch.float32)
+
+
+def signed_distance(geom, half: float, res: int) -> np.ndarray:
+    """``[res, res]`` float32: the distance (metres) from each pixel centre of the raster grid of
+    :func:`genneg_traffic.maps.rasterize` to the boundary of ``geom``, positive inside it."""
+    import shapely
+
+    step = 2 * half / res
+    centres = -half + step * (np.arange(res) + 0.5)
+    xs, ys = np.meshgrid(centres, centres[::-1])
+    xs, ys = xs.ravel(), ys.ravel()
+    # the polygonal part only: a GeometryCollection (an intersection may leave stray lines or
+    # points) has no boundary, and lines have no area to drive on
+    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
+    area = shapely.union_all(parts) if parts else shapely.Polygon()
+    if area.is_empty:
+        return np.full((res, res), -2 * half, np.float32)
+    shapely.prepare(area)
+    d = shapely.distance(area.boundary, shapely.points(xs, ys))
+    inside = shapely.contains_xy(area, xs, ys)
+    return np.where(inside, d, -d).reshape(res, res).astype(np.float32)
+
+
+def load_sdf(out: Path, maps: MapBank, window: float, res: int) -> torch.Tensor:
+    """``[M, R, R]`` float16 signed distances of every map (:func:`signed_distance`), cached in
+    ``<out>/sdf.pt`` (computed on first use, about 20 s for 1500 maps)."""
+    path = out / "sdf.pt"
+    if path.exists():
+        sdf = torch.load(path, weights_only=True)["sdf"]
+        if sdf.shape == (len(maps), res, res):
+            return sdf
+    sdf = np.stack([signed_distance(g, window / 2, res) for g in maps.geoms])
+    sdf = torch.from_numpy(sdf).to(torch.float16)
+    tmp = out / f".sdf.{os.getpid()}.pt"
+    torch.save({"sdf": sdf}, tmp)
+    os.replace(tmp, path)
+    return sdf

@@ -11,6 +11,11 @@
   raster into ``(R/8)^2`` tokens with a 2-D sinusoidal positional encoding. In addition to
   App. B.2, each agent's embedding gets a ``k x k`` patch of the raster read at its own position
   (:class:`LocalMap`), so that lane-level placement does not hinge on 8-pixel tokens.
+* Agent-frame additions (options, off by default): ``pair_pose`` adds the pose of agent j in
+  agent i's frame to ``p_ij`` (:class:`PairPose`); ``footprint`` reads the road's raster and
+  signed distance -- and with ``lanes`` the lane fields -- on a grid over each agent's own
+  rectangle (:class:`Footprint`). They need ``cond["feature_frame"]``, ``cond["sdf"]`` and
+  ``cond["lanes"]`` (written by :class:`genneg_traffic.dataset.TrafficDataset`).
 * Decoders: a 2-layer MLP to 7 features (denoiser, epsilon-prediction), to 1 logit per agent
   (by-agent classifier), or -- for the by-scene classifier -- a masked mean over agents followed
   by an MLP. (The paper's by-scene head reads the first agent's row; the mean keeps the head
@@ -169,6 +174,141 @@ class LocalMap(nn.Module):
         return F.grid_sample(img, grid, align_corners=False, padding_mode="zeros")[:, 0]
 
 
+def physical(x_in: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """Model-unit features ``[B, A, 7]`` -> physical units with ``frame`` ``[B, 14]`` (the
+    normalisation's mean and std, ``cond["feature_frame"]``)."""
+    mean, std = (
+        frame.to(x_in.dtype)[:, None, :N_FEATURES],
+        frame.to(x_in.dtype)[:, None, N_FEATURES:],
+    )
+    return x_in * std + mean
+
+
+def unit_heading(phys: torch.Tensor) -> torch.Tensor:
+    """``[..., 2]`` unit heading ``(cos, sin)`` of physical features (a zero vector stays
+    finite: it is normalised with a floor)."""
+    h = phys[..., 4:6]
+    return h / h.norm(dim=-1, keepdim=True).clamp_min(1e-3)
+
+
+class PairPose(nn.Module):
+    """The pose of agent j in agent i's frame, embedded into ``H`` for the RPE pair encoding
+    ``p_ij``. An addition to App. B.2's distance-only ``p_ij``: a collision depends on where
+    j is relative to i's heading (ahead, beside) and on both sizes, not on the distance alone.
+    Input per pair: Fourier features of ``(dx, dy) = R(-theta_i) (c_j - c_i)`` in metres at
+    wavelengths ``1 .. 2^(freqs-1)`` m, ``cos/sin(theta_j - theta_i)``, the four sizes
+    (metres / 5) and the gaps between the two rectangles along and across i's heading (j's
+    half-extent projected on i's axes; metres / 5, clipped to +-4) and their maximum, which is
+    negative when two aligned rectangles overlap; a 2-layer MLP to ``H``."""
+
+    def __init__(self, hidden: int, freqs: int = 7):
+        super().__init__()
+        self.register_buffer("omega", 2 * math.pi / 2.0 ** torch.arange(freqs), persistent=False)
+        self.proj = mlp(4 * freqs + 9, hidden, hidden)
+
+    def features(self, phys: torch.Tensor) -> torch.Tensor:
+        """``[B, A, A, 4 freqs + 9]`` pair inputs from physical features ``[B, A, 7]``."""
+        h = unit_heading(phys)  # [B, A, 2]
+        c, s = h[..., 0], h[..., 1]
+        d = phys[:, None, :, :2] - phys[:, :, None, :2]  # [B, i, j, 2] = c_j - c_i
+        dx = c[..., None] * d[..., 0] + s[..., None] * d[..., 1]  # along i's heading
+        dy = -s[..., None] * d[..., 0] + c[..., None] * d[..., 1]  # to i's left
+        cos_rel = c[:, :, None] * c[:, None, :] + s[:, :, None] * s[:, None, :]
+        sin_rel = c[:, :, None] * s[:, None, :] - s[:, :, None] * c[:, None, :]
+        args = torch.stack([dx, dy], -1)[..., None] * self.omega  # [B, A, A, 2, F]
+        four = torch.cat([torch.cos(args), torch.sin(args)], -1).flatten(-2)
+        A = phys.shape[1]
+        size_i = phys[:, :, None, 2:4].expand(-1, -1, A, -1)
+        size_j = phys[:, None, :, 2:4].expand(-1, A, -1, -1)
+        li, wi, lj, wj = (v / 2 for v in (*size_i.unbind(-1), *size_j.unbind(-1)))
+        gap_lon = dx.abs() - li - (lj * cos_rel.abs() + wj * sin_rel.abs())
+        gap_lat = dy.abs() - wi - (lj * sin_rel.abs() + wj * cos_rel.abs())
+        gaps = torch.stack([gap_lon, gap_lat, torch.maximum(gap_lon, gap_lat)], -1)
+        return torch.cat(
+            [
+                four,
+                cos_rel[..., None],
+                sin_rel[..., None],
+                size_i / 5,
+                size_j / 5,
+                (gaps / 5).clamp(-4, 4),
+            ],
+            -1,
+        )
+
+    def forward(self, phys: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(phys))
+
+
+class Footprint(nn.Module):
+    """The road under each agent's own rectangle: a ``kl x kw`` grid of points in the agent's
+    frame spanning its (noisy) length and width plus ``margin`` metres on every side, where
+    the raster (drivable +1 / -1) and the signed distance to the road edge (metres / 4,
+    clipped to +-2) are read by bilinear interpolation; an MLP embeds the ``2 kl kw`` reads.
+    An addition to App. B.2: offroad is decided by whether the rectangle's corners are on the
+    road, to within ``offroad_tol`` = 0.2 m, finer than any raster patch; the signed distance
+    varies linearly between pixels, so its interpolation is exact to well below a pixel.
+
+    With ``lanes`` it also reads the lane fields (:mod:`genneg_traffic.lanes`): the lateral
+    offset from the nearest lane centre (metres / 2, clipped to +-2) and the lane's direction
+    of travel relative to the agent's heading, ``(cos, sin)`` of their difference, which
+    locate the car within its lane and say whether it is aligned with it."""
+
+    def __init__(self, hidden: int, grid=(7, 5), margin: float = 1.0, lanes: bool = False):
+        super().__init__()
+        self.kl, self.kw = int(grid[0]), int(grid[1])
+        if self.kl < 2 or self.kw < 2:
+            raise ValueError(f"footprint grid must be at least 2 x 2, got {grid}")
+        self.margin = margin
+        self.lanes = lanes
+        self.channels = 5 if lanes else 2
+        self.proj = mlp(self.channels * self.kl * self.kw, hidden, hidden)
+
+    def points(self, phys: torch.Tensor) -> torch.Tensor:
+        """``[B, A, kl*kw, 2]`` physical positions of the grid points (row-major along the
+        length from the rear-right point)."""
+        h = unit_heading(phys)
+        half_l = phys[..., 2].clamp(0.5, 30.0) / 2 + self.margin
+        half_w = phys[..., 3].clamp(0.5, 10.0) / 2 + self.margin
+        fl = torch.linspace(-1, 1, self.kl, device=phys.device, dtype=phys.dtype)
+        fw = torch.linspace(-1, 1, self.kw, device=phys.device, dtype=phys.dtype)
+        shape = (*phys.shape[:2], self.kl, self.kw)
+        a = (half_l[..., None, None] * fl[:, None]).expand(shape).flatten(-2)  # along
+        b = (half_w[..., None, None] * fw[None, :]).expand(shape).flatten(-2)  # to the left
+        c, s = h[..., 0:1], h[..., 1:2]
+        px = phys[..., 0:1] + a * c - b * s
+        py = phys[..., 1:2] + a * s + b * c
+        return torch.stack([px, py], -1)
+
+    def read(self, phys, raster, sdf, map_frame, feature_frame, lanes=None) -> torch.Tensor:
+        """``[B, A, C, kl*kw]``: raster and scaled signed distance at :meth:`points` (and, with
+        ``lanes``, the scaled offset and the lane direction in the agent's frame)."""
+        pts = self.points(phys)
+        ff = feature_frame.to(phys.dtype)
+        z = (pts - ff[:, None, None, 0:2]) / ff[:, None, None, N_FEATURES : N_FEATURES + 2]
+        a_x, b_x, a_y, b_y = map_frame.to(phys.dtype).unbind(-1)[:4]
+        u = a_x[:, None, None] * z[..., 0] + b_x[:, None, None]
+        v = a_y[:, None, None] * z[..., 1] + b_y[:, None, None]
+        chans = [raster.to(phys.dtype) * 2 - 1, (sdf.to(phys.dtype) / 4).clamp(-2, 2)]
+        if self.lanes:
+            chans.append(lanes.to(phys.dtype))
+        grid = torch.stack([u, v], -1)  # [B, A, P, 2]
+        out = F.grid_sample(torch.cat(chans, 1), grid, align_corners=False, padding_mode="border")
+        out = out.permute(0, 2, 1, 3)  # [B, C, A, P] -> [B, A, C, P]
+        if not self.lanes:
+            return out
+        h = unit_heading(phys)[..., None]  # [B, A, 2, 1]
+        lc, ls = out[:, :, 3], out[:, :, 4]
+        rel_c = lc * h[:, :, 0] + ls * h[:, :, 1]  # cos(lane - heading)
+        rel_s = ls * h[:, :, 0] - lc * h[:, :, 1]  # sin(lane - heading)
+        offset = (out[:, :, 2] / 2).clamp(-2, 2)
+        return torch.stack([out[:, :, 0], out[:, :, 1], offset, rel_c, rel_s], 2)
+
+    def forward(self, phys, raster, sdf, map_frame, feature_frame, lanes=None):
+        reads = self.read(phys, raster, sdf, map_frame, feature_frame, lanes)
+        return self.proj(reads.flatten(-2))
+
+
 class Block(nn.Module):
     """One backbone pair: RPE self-attention + FF, map cross-attention + FF (pre-LN)."""
 
@@ -201,6 +341,9 @@ class TrafficBackbone(nn.Module):
         map_width: int = 32,
         distance_scale: float = 100.0,
         local_map: int = 7,
+        pair_pose: bool = False,
+        footprint=None,
+        lanes: bool = False,
     ):
         super().__init__()
         self.hidden = hidden
@@ -209,6 +352,10 @@ class TrafficBackbone(nn.Module):
         self.time = mlp(hidden, hidden, hidden)
         self.map = MapEncoder(hidden, width=map_width)
         self.local = LocalMap(hidden, local_map) if local_map else None
+        self.pose = PairPose(hidden) if pair_pose else None
+        if lanes and not footprint:
+            raise ValueError("lanes are read by the footprint: set footprint too")
+        self.footprint = Footprint(hidden, footprint, lanes=lanes) if footprint else None
         self.blocks = nn.ModuleList(Block(hidden, heads, ff_mult) for _ in range(layers))
 
     def pair_encoding(self, x_in: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -218,22 +365,55 @@ class TrafficBackbone(nn.Module):
         d = torch.sqrt(((pos[:, :, None] - pos[:, None, :]) ** 2).sum(-1) + 1e-12)
         return sinusoidal(d * self.distance_scale, self.hidden) + temb[:, None, None, :]
 
-    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None):
+    def forward(
+        self,
+        x_in,
+        c_noise,
+        mask=None,
+        map=None,
+        map_frame=None,
+        feature_frame=None,
+        sdf=None,
+        lanes=None,
+    ):
         B, A, _ = x_in.shape
         if mask is None:
             mask = torch.ones(B, A, dtype=torch.bool, device=x_in.device)
         if map is None:
             raise ValueError("the traffic network needs cond['map'] (the rasterised road)")
+        needs = {
+            "pair_pose": (self.pose, ("feature_frame",)),
+            "footprint": (self.footprint, ("feature_frame", "sdf", "map_frame")),
+            "lanes": (
+                self.footprint if self.footprint and self.footprint.lanes else None,
+                ("lanes",),
+            ),
+        }
+        given = {"feature_frame": feature_frame, "sdf": sdf, "map_frame": map_frame, "lanes": lanes}
+        for option, (module, keys) in needs.items():
+            missing = [k for k in keys if module is not None and given[k] is None]
+            if missing:
+                raise ValueError(f"the traffic network's {option} needs cond {missing}")
         temb = self.time(sinusoidal(c_noise.reshape(B).to(x_in.device), self.hidden))
         h = self.embed(x_in) + temb[:, None, :]
         if self.local is not None and map_frame is not None:
             h = h + self.local(x_in, map, map_frame)
+        phys = physical(x_in, feature_frame) if feature_frame is not None else None
+        if self.footprint is not None:
+            h = h + self.footprint(phys, map, sdf, map_frame, feature_frame, lanes)
         h = h * mask[..., None]
         p = self.pair_encoding(x_in, temb)
+        if self.pose is not None:
+            p = p + self.pose(phys)
         tokens = self.map(map)
         for block in self.blocks:
             h = block(h, p, mask, tokens)
         return h
+
+
+def _extra(cond: dict) -> tuple:
+    """The optional conditions of :meth:`TrafficBackbone.forward` after ``map_frame``."""
+    return cond.get("feature_frame"), cond.get("sdf"), cond.get("lanes")
 
 
 class TrafficDenoiser(nn.Module):
@@ -250,10 +430,10 @@ class TrafficDenoiser(nn.Module):
         h = self.backbone.hidden
         self.head = nn.Sequential(nn.LayerNorm(h), mlp(h, h, N_FEATURES))
 
-    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **_):
+    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **cond):
         if mask is None:
             mask = torch.ones(x_in.shape[:2], dtype=torch.bool, device=x_in.device)
-        h = self.backbone(x_in, c_noise, mask, map, map_frame)
+        h = self.backbone(x_in, c_noise, mask, map, map_frame, *_extra(cond))
         return self.head(h) * mask[..., None]
 
 
@@ -272,15 +452,22 @@ class TrafficClassifier(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(h), mlp(h, h, 1 if granularity == "element" else h))
         self.scene_head = mlp(h, h, 1) if granularity == "sample" else None
 
-    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **_):
+    def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **cond):
         if mask is None:
             mask = torch.ones(x_in.shape[:2], dtype=torch.bool, device=x_in.device)
-        h = self.head(self.backbone(x_in, c_noise, mask, map, map_frame))
+        h = self.head(self.backbone(x_in, c_noise, mask, map, map_frame, *_extra(cond)))
         if self.granularity == "element":
             return h.squeeze(-1) * mask
         m = mask[..., None].to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.scene_head(pooled).squeeze(-1)
+
+    @property
+    def can_stack(self) -> bool:
+        """Whether :meth:`stacked_forward` covers this network's options: not yet the
+        agent-frame additions (pair poses, footprint), whose stacks take the per-classifier
+        path of :mod:`genneg.stacking`."""
+        return self.backbone.pose is None and self.backbone.footprint is None
 
     def stacked_forward(
         self, params, buffers, x_in, c_noise, cache, mask=None, map=None, map_frame=None, **_

@@ -15,6 +15,7 @@ import numpy as np
 import shapely
 import shapely.affinity
 
+from genneg_traffic.lanes import lane_fields
 from genneg_traffic.maps import rasterize
 
 
@@ -36,6 +37,8 @@ class City:
     name: str
     drivable: object  # shapely geometry
     snapshots: list  # of [M, 6] arrays
+    #: lane centre lines in the direction of travel (shapely lines), or None if unknown
+    lanes: object = None
 
 
 class SceneCutter:
@@ -48,6 +51,8 @@ class SceneCutter:
         self.cities: list[int] = []
         self.maps: list = []
         self.rasters: list[np.ndarray] = []
+        #: per map: ``[3, R, R]`` lane fields (:mod:`genneg_traffic.lanes`) or None
+        self.lane_fields: list[np.ndarray | None] = []
         self.city_names: list[str] = []
 
     def add_city(self, city: City, rng: np.random.Generator) -> int:
@@ -77,19 +82,26 @@ class SceneCutter:
                     order = np.argsort(np.hypot(agents[:, 0], agents[:, 1]), kind="stable")
                     agents = agents[order[: cfg.max_agents]]
                 if key not in windows:
-                    windows[key] = self._add_map(city.drivable, cx, cy)
+                    windows[key] = self._add_map(city.drivable, cx, cy, city.lanes)
                 self.scenes.append(agents)
                 self.map_ids.append(windows[key])
                 self.cities.append(city_idx)
                 added += 1
         return added
 
-    def _add_map(self, drivable, cx, cy) -> int:
+    def _add_map(self, drivable, cx, cy, lanes=None) -> int:
         h = self.cfg.size / 2 + self.cfg.margin
-        local = shapely.intersection(drivable, shapely.box(cx - h, cy - h, cx + h, cy + h))
+        box = shapely.box(cx - h, cy - h, cx + h, cy + h)
+        local = shapely.intersection(drivable, box)
         local = shapely.affinity.translate(local, -cx, -cy)
         self.maps.append(local)
         self.rasters.append(rasterize(local, self.cfg.size / 2, self.cfg.raster))
+        fields = None
+        if lanes is not None:
+            near = lanes[shapely.intersects(lanes, box)]
+            near = shapely.transform(near, lambda xy: xy - [cx, cy])
+            fields = lane_fields(near, self.cfg.size / 2, self.cfg.raster)
+        self.lane_fields.append(fields)
         return len(self.maps) - 1
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -160,28 +160,34 @@ def fcd_to_vehicles(fcd_path, sizes: dict, warmup: float) -> list[np.ndarray]:
 
 def drivable_area(net_path) -> shapely.Geometry:
     """Union of passenger-car lanes (buffered centre lines) and junction polygons."""
+    return road_geometry(net_path)[0]
+
+
+def road_geometry(net_path) -> tuple[shapely.Geometry, np.ndarray]:
+    """:func:`drivable_area` and the passenger lanes' centre lines (LineStrings in the
+    direction of travel, internal junction lanes included)."""
     tools = str(sumo_home() / "tools")
     if tools not in sys.path:
         sys.path.append(tools)
     import sumolib
 
     net = sumolib.net.readNet(str(net_path), withInternal=True)
-    parts = []
+    parts, lines = [], []
     for edge in net.getEdges(withInternal=True):
         for lane in edge.getLanes():
             if not lane.allows("passenger"):
                 continue
             shape = lane.getShape()
             if len(shape) >= 2:
-                parts.append(
-                    shapely.LineString(shape).buffer(lane.getWidth() / 2, cap_style="flat")
-                )
+                line = shapely.LineString(shape)
+                lines.append(line)
+                parts.append(line.buffer(lane.getWidth() / 2, cap_style="flat"))
     for node in net.getNodes():
         shape = node.getShape()
         if len(shape) >= 3:
             poly = shapely.Polygon(shape)
             parts.append(poly if poly.is_valid else poly.buffer(0))
-    return shapely.union_all(parts)
+    return shapely.union_all(parts), np.asarray(lines, dtype=object)
 
 
 def simulate(name: str, work: Path, cfg: SumoConfig, seed: int) -> City:
@@ -255,7 +261,8 @@ def simulate(name: str, work: Path, cfg: SumoConfig, seed: int) -> City:
         work,
     )
     snaps = fcd_to_vehicles(work / "fcd.xml", sizes, cfg.warmup)
-    return City(name=name, drivable=drivable_area(net), snapshots=snaps)
+    drivable, lanes = road_geometry(net)
+    return City(name=name, drivable=drivable, snapshots=snaps, lanes=lanes)
 
 
 def sumo_cities(

@@ -47,3 +47,43 @@ def test_option_mismatch_is_an_error(tmp_path):
         assert "built with" in str(exc)
     else:
         raise AssertionError("a dataset built with other options was silently reused")
+
+
+def test_signed_distance_to_the_road_edge():
+    """Exact distances at pixel centres: + inside, - outside; stray lines of a
+    GeometryCollection (what an intersection can leave) are no road and give no NaN."""
+    import numpy as np
+    import shapely
+    from genneg_traffic.dataset import signed_distance
+
+    road = shapely.box(-10.0, -2.0, 10.0, 2.0)  # a 4 m wide road along x
+    stray = shapely.LineString([(-10, 8), (10, 8)])
+    for geom in (road, shapely.GeometryCollection([road, stray])):
+        sdf = signed_distance(geom, half=10.0, res=10)  # 2 m pixels, centres at -9, -7, ... 9
+        assert np.isfinite(sdf).all()
+        ys = 9.0 - 2.0 * np.arange(10)  # row 0 is the top
+        want = np.minimum(2.0 - np.abs(ys), 1.0)  # inside: nearest edge is 1 m away (x = +-10)
+        want = np.where(np.abs(ys) < 2, want, 2.0 - np.abs(ys))
+        assert np.allclose(sdf[:, 0], want, atol=1e-6)
+        assert np.allclose(sdf[:, 4], 2.0 - np.abs(ys), atol=1e-6)
+    assert (signed_distance(shapely.Polygon(), 10.0, 4) == -20.0).all()
+
+
+def test_lane_fields_offset_and_direction():
+    """Two opposite lanes 4 m apart along x: the offset is signed to the left of travel and
+    exact at pixel centres; the direction is the lane's; no lane gives -clip and (0, 0)."""
+    import numpy as np
+    import shapely
+    from genneg_traffic.lanes import lane_fields
+
+    east = shapely.LineString([(-30, -2), (30, -2)])  # travelling +x at y = -2
+    west = shapely.LineString([(30, 2), (-30, 2)])  # travelling -x at y = +2
+    f = lane_fields(np.array([east, west], dtype=object), half=10.0, res=10, clip=4.0)
+    ys = 9.0 - 2.0 * np.arange(10)  # pixel-centre y per row: 9, 7, ..., -9
+    col = f[:, :, 3]  # x = -3: far from the lines' ends
+    below = ys < 0  # nearest lane: the eastbound one; left of +x is +y
+    want_off = np.where(below, ys + 2, -(ys - 2))  # westbound: left of -x is -y
+    assert np.allclose(col[0], np.clip(want_off, -4, 4), atol=1e-6)
+    assert np.allclose(col[1], np.where(below, 1.0, -1.0)) and np.allclose(col[2], 0.0)
+    empty = lane_fields(np.array([], dtype=object), half=10.0, res=4)
+    assert np.allclose(empty[0], -4.0) and np.allclose(empty[1:], 0.0)

@@ -205,3 +205,161 @@ def test_stacked_classifiers_match_their_members(granularity):
         c = {**cond, "map": r}
         want = loop.guidance(x, sigma, **c)
         torch.testing.assert_close(stacked.guidance(x, sigma, **c), want, rtol=1e-4, atol=1e-5)
+
+
+# --- the agent-frame additions: pair poses and the footprint read of the road ---
+
+FULL = dict(SMALL, pair_pose=True, footprint=(5, 3))
+
+
+def frames(B=3, R=16, seed=0):
+    """``feature_frame`` (identity normalisation but for positions: std 10 m) and an SDF."""
+    g = torch.Generator().manual_seed(seed)
+    ff = torch.tensor([[0.0] * 7 + [10.0, 10.0] + [1.0] * 5]).expand(B, 14)
+    sdf = (4 * torch.randn(B, 1, R, R, generator=g)).to(torch.float16)
+    return ff, sdf
+
+
+@pytest.mark.parametrize("granularity", [None, "element", "sample"])
+def test_pose_and_footprint_keep_permutation_equivariance(granularity):
+    torch.manual_seed(5)
+    net = TrafficDenoiser(**FULL) if granularity is None else TrafficClassifier(granularity, **FULL)
+    net = net.eval()
+    x, t, _, raster = batch()
+    x[..., 2:4] = x[..., 2:4].abs() + 1  # physical sizes
+    ff, sdf = frames()
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    cond = dict(map=raster, map_frame=frame(), feature_frame=ff, sdf=sdf)
+    out = net(x, t, mask=mask, **cond)
+    out_p = net(x[:, perm], t, mask=mask[:, perm], **cond)
+    if out.ndim == 1:
+        assert torch.allclose(out, out_p, atol=1e-5)
+    else:
+        assert torch.allclose(out[:, perm], out_p, atol=1e-5)
+    # the additions are used: another SDF changes the output
+    assert not torch.allclose(out, net(x, t, mask=mask, **dict(cond, sdf=-sdf)), atol=1e-5)
+
+
+def test_missing_conditions_of_the_additions_are_errors():
+    x, t, mask, raster = batch()
+    ff, sdf = frames()
+    with pytest.raises(ValueError, match="footprint needs cond \\['sdf'\\]"):
+        TrafficDenoiser(**FULL)(x, t, mask=mask, map=raster, map_frame=frame(), feature_frame=ff)
+    with pytest.raises(ValueError, match="pair_pose needs cond \\['feature_frame'\\]"):
+        TrafficDenoiser(**SMALL, pair_pose=True)(x, t, mask=mask, map=raster)
+    with pytest.raises(ValueError, match="at least 2 x 2"):
+        TrafficDenoiser(**SMALL, footprint=(1, 3))
+
+
+def test_pair_pose_is_the_pose_of_j_in_is_frame():
+    from genneg_traffic.network import PairPose
+
+    pose = PairPose(hidden=8, freqs=3)
+    # agent 0 at (1, 2) heading +y (90 deg); agent 1 at (1, 7) heading -x (180 deg), 4 x 2 m
+    phys = torch.tensor(
+        [[[1.0, 2.0, 5.0, 2.0, 0.0, 1.0, 3.0], [1.0, 7.0, 4.0, 2.0, -1.0, 0.0, 0.0]]]
+    )
+    f = pose.features(phys)  # [1, 2, 2, 4 * 3 + 9]
+    omega = 2 * math.pi / torch.tensor([1.0, 2.0, 4.0])
+    # j = 1 seen from i = 0: 5 m straight ahead (dx = 5, dy = 0), turned 90 deg to the left
+    dx, dy = 5.0, 0.0
+    want = torch.cat(
+        [
+            torch.cos(dx * omega), torch.sin(dx * omega),
+            torch.cos(dy * omega), torch.sin(dy * omega),
+            torch.tensor([0.0, 1.0, 1.0, 0.4, 0.8, 0.4]),
+            # gaps: along 5 - 2.5 - (0 + 1) = 1.5 m, across 0 - 1 - (2 + 0) = -3 m, max 1.5
+            torch.tensor([1.5, -3.0, 1.5]) / 5,
+        ]
+    )  # fmt: skip
+    assert torch.allclose(f[0, 0, 1], want, atol=1e-5)
+    # i = 1 sees j = 0 5 m to its left (dx = 0, dy = 5), turned 90 deg to the right
+    assert torch.allclose(f[0, 1, 0, [0, 3, 6, 9]], torch.tensor([1.0, 0.0, 1.0, 0.0]), atol=1e-5)
+    assert torch.allclose(f[0, 1, 0, 12:14], torch.tensor([0.0, -1.0]), atol=1e-6)
+    # invariant under a rigid motion of the whole scene (rotate by 0.7 rad, translate)
+    c, s = math.cos(0.7), math.sin(0.7)
+    rot = torch.tensor([[c, -s], [s, c]])
+    moved = phys.clone()
+    moved[..., :2] = phys[..., :2] @ rot.T + torch.tensor([30.0, -12.0])
+    moved[..., 4:6] = phys[..., 4:6] @ rot.T
+    assert torch.allclose(pose.features(moved), f, atol=1e-4)
+
+
+def test_footprint_points_and_reads_in_the_map_frame():
+    """The grid spans the car's rectangle plus the margin in its own frame; on a raster whose
+    signed distance is linear in x, the bilinear reads give exactly x / 4 at every point."""
+    from genneg_traffic.dataset import feature_frame, map_frame
+    from genneg_traffic.features import Normalizer
+    from genneg_traffic.network import Footprint
+
+    fp = Footprint(hidden=8, grid=(3, 2), margin=1.0)
+    # a 4 x 2 m car at (10, 0) heading +y: half length 3 m, half width 2 m with the margin
+    phys = torch.tensor([[[10.0, 0.0, 4.0, 2.0, 0.0, 1.0, 0.0]]])
+    pts = fp.points(phys)[0, 0]
+    want = torch.tensor(
+        [[12.0, -3.0], [8.0, -3.0], [12.0, 0.0], [8.0, 0.0], [12.0, 3.0], [8.0, 3.0]]
+    )  # rear-right first; the right of a car heading +y is +x
+    assert torch.allclose(pts, want, atol=1e-5)
+    R, window = 16, 80.0  # 5 m pixels over [-40, 40]^2
+    centres = -40 + 5 * (torch.arange(R) + 0.5)
+    sdf = centres[None, :].expand(R, R)[None, None] / 2  # signed distance x / 2 metres
+    raster = (sdf > 0).to(torch.uint8)
+    norm = Normalizer(mean=[5.0, -5.0, 4.0, 2.0, 0.0, 0.0, 0.0], std=[10.0, 20.0] + [1.0] * 5)
+    reads = fp.read(phys, raster, sdf, map_frame(norm, window), feature_frame(norm))
+    assert reads.shape == (1, 1, 2, 6)
+    assert torch.allclose(reads[0, 0, 1], (pts[:, 0] / 2 / 4).clamp(-2, 2), atol=1e-5)
+    assert torch.allclose(reads[0, 0, 0], torch.ones(6))  # all on the drivable side
+
+
+def test_footprint_lane_reads_are_in_the_agents_frame():
+    """A lane field travelling +y everywhere, offset linear in x: a car heading +y reads
+    direction (1, 0) relative to itself, one heading -x reads (cos, sin) of -90 deg = (0, -1);
+    the offset channel is offset / 2 at every grid point."""
+    from genneg_traffic.dataset import feature_frame, map_frame
+    from genneg_traffic.features import Normalizer
+    from genneg_traffic.network import Footprint
+
+    fp = Footprint(hidden=8, grid=(2, 2), margin=0.5, lanes=True)
+    R = 16
+    centres = -40 + 5 * (torch.arange(R) + 0.5)
+    offset = (centres[None, :].expand(R, R) / 10)[None]  # x / 10 metres
+    lanes = torch.cat([offset, torch.zeros(1, R, R), torch.ones(1, R, R)])[None]
+    sdf = torch.full((1, 1, R, R), 3.0)
+    raster = torch.ones(1, 1, R, R, dtype=torch.uint8)
+    phys = torch.tensor(
+        [[[4.0, 1.0, 4.0, 2.0, 0.0, 1.0, 0.0], [-6.0, 3.0, 4.0, 2.0, -1.0, 0.0, 0.0]]]
+    )
+    norm = Normalizer(mean=[0.0] * 7, std=[10.0, 10.0] + [1.0] * 5)
+    reads = fp.read(phys, raster, sdf, map_frame(norm, 80.0), feature_frame(norm), lanes)
+    assert reads.shape == (1, 2, 5, 4)
+    pts = fp.points(phys)[0]  # [2, 4, 2]
+    assert torch.allclose(reads[0, :, 2], pts[..., 0] / 10 / 2, atol=1e-5)
+    assert torch.allclose(reads[0, 0, 3:], torch.tensor([[1.0] * 4, [0.0] * 4]), atol=1e-5)
+    assert torch.allclose(reads[0, 1, 3:], torch.tensor([[0.0] * 4, [-1.0] * 4]), atol=1e-5)
+    assert torch.allclose(reads[0, :, 1], torch.full((2, 4), 0.75))
+    with pytest.raises(ValueError, match="footprint too"):
+        TrafficDenoiser(**SMALL, lanes=True)
+
+
+def test_a_stack_with_agent_frame_options_keeps_the_per_classifier_path():
+    """stacked_forward does not cover pair poses and the footprint: such classifiers are not
+    stacked (genneg.stacking), and the guided model's guidance is the loop's."""
+    from genneg.diffusion.vp import VPConfig, VPProcess
+    from genneg.guidance import GuidedDenoiser, TimeClassifier
+    from genneg.stacking import split_stack
+
+    process = VPProcess(VPConfig(timesteps=100))
+    torch.manual_seed(0)
+    opts = dict(SMALL, local_map=3, pair_pose=True, footprint=[3, 3])
+    clfs = [TimeClassifier(TrafficClassifier("element", **opts), process).eval() for _ in "ab"]
+    assert not clfs[0].network.can_stack and TrafficClassifier("element", **SMALL).can_stack
+    groups, singles = split_stack(clfs)
+    assert groups == [] and singles == clfs
+    x, _, mask, raster = batch()
+    ff, sdf = frames()
+    cond = dict(mask=mask, map=raster, map_frame=frame(), feature_frame=ff, sdf=sdf)
+    sigma = process.sampling_sigmas(5)[:3]
+    stacked = GuidedDenoiser(lambda x, s, **c: x, clfs, batched=True).guidance(x, sigma, **cond)
+    loop = GuidedDenoiser(lambda x, s, **c: x, clfs, batched=False).guidance(x, sigma, **cond)
+    assert loop.abs().max() > 0 and torch.equal(stacked, loop)

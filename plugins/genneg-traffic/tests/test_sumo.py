@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import shapely
 import torch
 from genneg_traffic.maps import MapBank
 from genneg_traffic.oracle import TrafficOracle
@@ -78,6 +79,8 @@ def test_tiny_sumo_run(tmp_path):
         want = sumolib.geomhelper.positionAtShapeOffset(lane.getShape(), pos - length / 2)
         got = min(centres, key=lambda c: math.dist(c, want))
         assert math.dist(got, want) < 0.05
+        # the city's lane centre lines pass through the centre (SUMO drives on them)
+        assert shapely.distance(city.lanes, shapely.Point(got)).min() < 0.05
         checked += 1
     assert checked >= 5
     # simulated traffic is (almost) free of infractions under the oracle
