@@ -22,10 +22,10 @@ class CLIError(click.ClickException):
 
 
 def _resolve(preset: str, files, assignments):
-    registry = get_registry()
+    from genneg import resolve_config
+
     try:
-        base = registry.get("presets", preset)()
-        return config_mod.resolve(base, files, assignments)
+        return resolve_config(preset, files, assignments)
     except USER_ERRORS as exc:
         raise CLIError(str(exc)) from None
 

@@ -48,6 +48,7 @@ import math
 import torch
 
 from genneg import rng
+from genneg.classifier_targets import kernel_bayes_log_prob
 from genneg.diffusion.shapes import broadcast
 from genneg.losses import label_weights
 
@@ -56,29 +57,6 @@ MIN_ESS = 10.0
 #: The same for its gradient, which is far noisier than its value (measured on the
 #: checkerboard: at ess ~40 the gradient gap is dominated by the reference's own noise).
 MIN_ESS_GRAD = 300.0
-
-
-def kernel_bayes_log_prob(xt, sigma, ref_x, ref_labels, ref_weights, chunk: int = 1024):
-    """``log C*(x_t)`` and ``log (1 - C*(x_t))`` of the weighted empirical mixture (see the
-    module docstring), and the effective number of reference points per query. ``xt`` is
-    ``[Q, ...]``, ``sigma`` ``[Q]``; differentiable in ``xt``."""
-    ref = ref_x.reshape(len(ref_x), -1)
-    logw = torch.log(ref_weights.clamp_min(1e-30))
-    pos = ref_labels.bool()
-    out_pos, out_neg, out_ess = [], [], []
-    for start in range(0, len(xt), chunk):
-        q = xt[start : start + chunk].reshape(min(chunk, len(xt) - start), -1)
-        s = sigma[start : start + chunk]
-        d2 = torch.cdist(q, ref).pow(2)  # [q, n]
-        logk = -d2 / (2 * s[:, None] ** 2) + logw[None]
-        total = torch.logsumexp(logk, dim=1)
-        lp = torch.logsumexp(logk.masked_fill(~pos[None], -math.inf), dim=1) - total
-        ln = torch.logsumexp(logk.masked_fill(pos[None], -math.inf), dim=1) - total
-        k = torch.softmax(logk.detach(), dim=1)
-        out_pos.append(lp)
-        out_neg.append(ln)
-        out_ess.append(1.0 / (k**2).sum(1))
-    return torch.cat(out_pos), torch.cat(out_neg), torch.cat(out_ess)
 
 
 def _bins(process, n_bins: int):

@@ -44,9 +44,10 @@ def evaluate_stage(exp, stage: str, model, rd, *, progress: bool = False) -> dic
         seconds = distributed.all_reduce_sum([seconds], op="max")[0]
     metrics = infraction_metrics(exp.oracle, labelled)
     n = metrics["n"]
+    split = getattr(exp.splits, cfg.eval.elbo_split)
     elbo = elbo_metrics(
         model,
-        getattr(exp.splits, cfg.eval.elbo_split),
+        split,
         exp.process,
         k=cfg.eval.elbo_k,
         points=cfg.eval.elbo_points,
@@ -68,7 +69,6 @@ def evaluate_stage(exp, stage: str, model, rd, *, progress: bool = False) -> dic
     # per-point values in the run directory; every rank returns the same row)
     extra = None
     if distributed.is_main():
-        split = getattr(exp.splits, cfg.eval.elbo_split)
         part = split.index(torch.arange(len(values)))  # the ELBO's points
         dims = 1.0 / float((1.0 / real_dims(part.x, part.cond).double()).mean())
         extra = diagnostics.elbo_vs_baseline(rd, stage, values, dims)
