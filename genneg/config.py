@@ -62,6 +62,9 @@ class TrainConfig:
     lr_warmup: int = attrs.field(default=0, validator=_non_negative)
     #: ``constant`` or ``cosine`` (decay to 0 over ``steps``, after the warm-up).
     lr_schedule: str = attrs.field(default="constant", validator=v.in_(("constant", "cosine")))
+    #: ``> 0``: the trained network ends with the exponential moving average of its weights,
+    #: this decay per step (Polyak averaging); ``0``: the last step's weights.
+    ema: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(1.0)])
     log_every: int = attrs.field(default=100, validator=_positive)
 
 

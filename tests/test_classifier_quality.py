@@ -378,3 +378,20 @@ def test_a_run_records_classifier_diagnostics_and_the_paired_elbo(tmp_path):
     assert "ELBO - baseline (paired)" in (out / "results.md").read_text()
     shown = CliRunner().invoke(cli, ["eval", str(out)])
     assert shown.exit_code == 0 and "held-out weighted BCE" in shown.output
+
+
+def test_fit_ema_ends_with_the_average_of_the_steps():
+    """``TrainConfig.ema``: the parameter ends as the exponential moving average of the values
+    after each step (here plain gradient steps of a linear loss, so every value is known)."""
+    from genneg.engine.train import fit
+
+    w = torch.nn.Parameter(torch.zeros(()))
+    cfg = TrainConfig(steps=5, lr=0.1, ema=0.5, log_every=5)
+    fit([w], lambda step: w * 1.0, cfg, desc="t", progress=False)
+    # Adam's first steps on a constant gradient move w by -lr each: -0.1, -0.2, ... -0.5
+    expected = 0.0
+    for k in range(1, 6):
+        expected = 0.5 * expected + 0.5 * (-0.1 * k)
+    assert w.item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)

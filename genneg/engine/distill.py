@@ -3,7 +3,7 @@ match a (stacked, guided) teacher with Eq. (14)."""
 
 from __future__ import annotations
 
-import torch
+import attrs
 
 from genneg.engine.train import fit, minibatch
 from genneg.losses import DistillationLoss
@@ -34,24 +34,12 @@ def score_matching_distill(
     for p in teacher.parameters():
         p.requires_grad_(False)
     loss = DistillationLoss(process, sigma=sigma)
-    params = [p for p in student.parameters() if p.requires_grad]
-    average = [p.detach().clone() for p in params] if ema else None
-
-    def update_average():
-        with torch.no_grad():
-            for a, p in zip(average, params, strict=True):
-                a.lerp_(p, 1.0 - ema)
+    if ema:  # the option predates TrainConfig.ema; both mean the same average
+        train = attrs.evolve(train, ema=ema)
 
     def loss_fn(step):
-        if average is not None and step > 0:  # the previous step's weights
-            update_average()
         batch = minibatch(data, train.batch_size, generator)
         return loss(student, teacher, batch.x, batch.cond, generator)
 
-    history = fit(params, loss_fn, train, desc="distill", progress=progress, log=log, sharded=True)
-    if average is not None:
-        update_average()
-        with torch.no_grad():
-            for a, p in zip(average, params, strict=True):
-                p.copy_(a)
-    return history
+    params = student.parameters()
+    return fit(params, loss_fn, train, desc="distill", progress=progress, log=log, sharded=True)

@@ -40,6 +40,7 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
         progress = progress and distributed.is_main()
         log = log if distributed.is_main() else None
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    average = WeightAverage(params, cfg.ema) if cfg.ema else None
     history, window = [], []
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
@@ -59,6 +60,8 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
+        if average is not None:
+            average.update()
         window.append(loss.item())
         if len(window) == cfg.log_every or step == cfg.steps - 1:
             mean = sum(window) / len(window)
@@ -67,7 +70,30 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
             if log is not None:
                 log(f"{desc}: step {step + 1}/{cfg.steps} loss {mean:.5g}")
             window = []
+    if average is not None:
+        average.copy_to_params()
     return history
+
+
+class WeightAverage:
+    """An exponential moving average of ``params`` (``decay`` per update), started from their
+    current values; :meth:`copy_to_params` writes it into them."""
+
+    def __init__(self, params, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema decay must be in [0, 1), got {decay}")
+        self.params, self.decay = list(params), decay
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self):
+        for a, p in zip(self.average, self.params, strict=True):
+            a.lerp_(p, 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_params(self):
+        for a, p in zip(self.average, self.params, strict=True):
+            p.copy_(a)
 
 
 def learning_rate(cfg, step: int) -> float:
