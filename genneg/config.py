@@ -86,9 +86,15 @@ class SynthConfig:
     ``max_samples`` have been drawn (the sample budget); then the run stops with a message if
     fewer than ``min_per_class`` negatives (or positives) were found, and otherwise trains on
     what there is.
+
+    ``keep_positive`` (``0``: ``n_per_class``, Algorithm 1's balanced set) keeps up to that
+    many of the valid samples drawn on the way: when negatives are rare, sampling stops at N
+    negatives with many more positives already drawn, and keeping them costs no sampling.
+    Train on such a set with ``classifier.minibatch = "balanced"``.
     """
 
     n_per_class: int = attrs.field(default=5000, validator=_positive)
+    keep_positive: int = attrs.field(default=0, validator=_non_negative)
     max_samples: int = attrs.field(default=200_000, validator=_positive)
     min_per_class: int = attrs.field(default=50, validator=_positive)
     steps: int = attrs.field(default=0, validator=_non_negative)  # 0: as sampling.steps
@@ -121,6 +127,10 @@ class ClassifierConfig:
     guidance_window: list[float] = attrs.field(factory=list)
     #: Below this noise level the classifiers are evaluated at it (:mod:`genneg.window`).
     sigma_floor: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    #: ``uniform``: minibatch rows drawn from the whole synthetic set (the paper's); ``balanced``:
+    #: half from its positives, half from its negatives, whatever their numbers (stratified:
+    #: with the importance weights at ``pi1 = 1/2`` the expected loss is still Eq. 13's).
+    minibatch: str = attrs.field(default="uniform", validator=v.in_(("uniform", "balanced")))
 
     @guidance_window.validator
     def _check_window(self, attribute, value):

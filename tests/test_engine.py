@@ -200,6 +200,47 @@ def test_alpha_counts_every_drawn_sample():
     assert len(res.natural) == 400
 
 
+def test_keep_positive_keeps_the_valid_samples_drawn_anyway():
+    """``synth.keep_positive``: the same draws and stopping point as the balanced set, with
+    every valid sample drawn on the way kept (up to the cap), in draw order."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 2, generator=g)
+    x[:, 0] = torch.where(torch.rand(5000, generator=g) < 0.1, -1.0, 1.0)  # 10 % invalid
+
+    def draw(keep):
+        cfg = SynthConfig(n_per_class=200, max_samples=5000, min_per_class=10, keep_positive=keep)
+        return draw_labelled(
+            FixedSampler(x), None, HalfPlane(0.0), "half", cfg,
+            keep_natural=False, generator=g, progress=False,
+        )  # fmt: skip
+
+    plain, more, capped = draw(0), draw(10_000), draw(1000)
+    assert more.n_drawn == plain.n_drawn and more.alpha == plain.alpha
+    assert torch.equal(more.negatives.data.x, plain.negatives.data.x)
+    valid_drawn = x[: more.n_drawn][x[: more.n_drawn, 0] > 0]
+    assert len(more.positives) == more.n_positive == len(valid_drawn) > 1000
+    assert torch.equal(more.positives.data.x, valid_drawn)
+    assert torch.equal(capped.positives.data.x, valid_drawn[:1000])
+    assert torch.equal(plain.positives.data.x, valid_drawn[:200])
+
+
+def test_balanced_minibatches_draw_half_of_each_class():
+    from genneg.engine.synth import LabelledSet
+    from genneg.engine.train import _row_sampler
+
+    labels = torch.zeros(1000, dtype=torch.bool)
+    labels[:950] = True  # 95 % positives
+    data = LabelledSet(data=DataSplit(x=torch.randn(1000, 2)), labels=labels, element_labels=None)
+    g = torch.Generator().manual_seed(0)
+    rows = _row_sampler(data, 64, "balanced", g)()
+    assert len(rows) == 64 and int(labels[rows].sum()) == 32
+    assert len(_row_sampler(data, 64, "uniform", g)()) == 64
+    with pytest.raises(ValueError, match="both labels"):
+        only = LabelledSet(data=data.data, labels=torch.ones(1000, dtype=torch.bool),
+                           element_labels=None)  # fmt: skip
+        _row_sampler(only, 64, "balanced", g)
+
+
 def test_budget_without_negatives_stops_with_a_message():
     x = torch.ones(1000, 2)
     with pytest.raises(ClassTooRareError, match="only 0 infracting samples in 1000 drawn"):

@@ -196,6 +196,7 @@ class _Run:
             weighting=cfg.classifier.weighting,
             element_loss=cfg.classifier.element_loss,
             targets=cfg.classifier.targets,
+            minibatch=cfg.classifier.minibatch,
             process=exp.process,
             train=cfg.classifier.train,
             generator=self.generator(name, "train"),

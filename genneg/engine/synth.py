@@ -92,8 +92,9 @@ def draw_labelled(
     labeller=None,
 ) -> SynthResult:
     """Sample and label until ``cfg.n_per_class`` positives and negatives exist or
-    ``cfg.max_samples`` were drawn; keep N of each (and the first 2N drawn if
-    ``keep_natural``, for the ``imbalanced`` ablation).
+    ``cfg.max_samples`` were drawn; keep N negatives and N positives (up to
+    ``cfg.keep_positive`` positives if that is more), and the first 2N drawn if
+    ``keep_natural``, for the ``imbalanced`` ablation.
 
     ``labeller`` (an :class:`OracleLabeller`) may label in worker processes; it then labels
     one batch while the next is sampled (a batch drawn but not needed is discarded
@@ -106,6 +107,7 @@ def draw_labelled(
     in (round, rank) order and cut to N, so every rank returns the same set, without
     duplicates. With one process this is exactly the sequential loop."""
     n = cfg.n_per_class
+    n_keep = max(n, cfg.keep_positive)  # positives kept (more than N: drawn anyway)
     world = distributed.world_size()
     gen = distributed.rank_generator(generator) if world > 1 else generator
     own = labeller is None
@@ -147,7 +149,7 @@ def draw_labelled(
                     if box is not None and not box.ok:
                         raise box.value
                 raise RuntimeError("labelling failed on another rank (see its error)")
-            before = (min(n, n_pos), min(n, n_neg), min(2 * n, n_pos + n_neg))
+            before = (min(n_keep, n_pos), min(n, n_neg), min(2 * n, n_pos + n_neg))
             n_pos, n_neg, n_bad = n_pos + counts[0], n_neg + counts[1], n_bad + counts[2]
             drawn += b
             bar.update(b)
@@ -157,7 +159,7 @@ def draw_labelled(
                     data=got.value.samples, labels=result.valid, element_labels=result.element_valid
                 )
                 is_pos = result.valid
-                take_pos = is_pos.nonzero().squeeze(1)[: min(n - k_pos, n - before[0])]
+                take_pos = is_pos.nonzero().squeeze(1)[: min(n_keep - k_pos, n_keep - before[0])]
                 take_neg = (~is_pos).nonzero().squeeze(1)[: min(n - k_neg, n - before[1])]
                 if len(take_pos):
                     pos.append((rnd, labelled.index(take_pos)))
@@ -184,7 +186,7 @@ def draw_labelled(
             f"warning: {n_bad} of {n_pos + n_neg + n_bad} samples were not finite (NaN/inf); "
             "they were excluded from labelling and from alpha"
         )
-    k_pos, k_neg = min(n, n_pos), min(n, n_neg)  # what the gathered sets hold
+    k_pos, k_neg = min(n_keep, n_pos), min(n, n_neg)  # what the gathered sets hold
     if k_neg < cfg.min_per_class or k_pos < cfg.min_per_class:
         which = "infracting" if k_neg < cfg.min_per_class else "valid"
         what = "(almost) no infractions" if which == "infracting" else "almost no valid samples"
@@ -199,7 +201,7 @@ def draw_labelled(
             f"(asked for {n} each)"
         )
     return SynthResult(
-        positives=_gather(pos, n),
+        positives=_gather(pos, n_keep),
         negatives=_gather(neg, n),
         natural=_gather(nat, 2 * n) if keep_natural else None,
         n_positive=n_pos,

@@ -120,3 +120,25 @@ def test_stacked_classifiers_match_their_members():
     x = torch.randn(7, 2)
     sigma = torch.logspace(-2, 1.5, 7)
     check_stacked_forward(nets, EDMProcess(), x, sigma, {}, rtol=1e-5, atol=1e-6)
+
+
+def test_one_noise_level_embeds_once_with_the_same_outputs():
+    """A sampler's batch has one noise level: the time embedding is computed for one row and
+    broadcast (``noise_rows``), with the outputs of the per-row computation, also stacked."""
+    from genneg_checkerboard import network
+
+    from genneg.diffusion.edm import EDMProcess
+    from genneg.testing import check_stacked_forward
+
+    torch.manual_seed(0)
+    net = ResidualMLP(hidden=32, emb_dim=16)
+    x, c = torch.randn(9, 2), torch.full((9,), 0.3)
+    assert network.noise_rows(c).shape == (1,)
+    assert network.noise_rows(torch.tensor([0.3, 0.4])).shape == (2,)
+    assert network.noise_rows(torch.tensor([0.3])).shape == (1,)
+    one = net(x, c)
+    per_row = torch.cat([net(x[i : i + 1], c[i : i + 1]) for i in range(9)])
+    assert torch.allclose(one, per_row, rtol=1e-6, atol=1e-6)  # float32 embedding
+    nets = [ResidualMLPClassifier(hidden=16, emb_dim=8) for _ in range(3)]
+    sigma = torch.full((7,), 0.7)
+    check_stacked_forward(nets, EDMProcess(), torch.randn(7, 2), sigma, {}, rtol=1e-5, atol=1e-6)
