@@ -64,6 +64,17 @@ def _bins(process, n_bins: int):
     return torch.linspace(lo, hi, n_bins + 1)
 
 
+def _balanced_rows(labels: torch.Tensor, limit: int) -> torch.Tensor:
+    """Indices of at most ``limit`` rows: the first ``limit // 2`` of each label (all of the
+    rarer one and more of the other if it has fewer), so that a set with many more positives
+    (``synth.keep_positive``) is not cut to positives only. The rows of a synthetic set are in
+    random order within each label (:func:`hold_out` permutes them)."""
+    pos, neg = labels.nonzero().squeeze(1), (~labels).nonzero().squeeze(1)
+    k_neg = min(len(neg), max(limit // 2, limit - len(pos)))
+    k_pos = min(len(pos), limit - k_neg)
+    return torch.cat([pos[:k_pos], neg[:k_neg]])
+
+
 def classifier_diagnostics(
     classifier,
     held,
@@ -90,7 +101,7 @@ def classifier_diagnostics(
     """
     device = next(classifier.parameters()).device
     if len(held) > max_points:
-        held = held.index(torch.arange(max_points))
+        held = held.index(_balanced_rows(held.labels, max_points))
     held = held.to(device)
     x0, cond, labels = held.data.x, held.data.cond, held.labels
     n = len(held)
@@ -123,8 +134,8 @@ def classifier_diagnostics(
     has_ref = reference is not None and not cond and classifier.granularity == "sample"
     if has_ref:
         ref = reference.to(device)
-        if len(ref) > max_reference:
-            ref = ref.index(torch.arange(max_reference))
+        if len(ref) > max_reference:  # the weights below use the subset's label ratio
+            ref = ref.index(_balanced_rows(ref.labels.cpu(), max_reference).to(device))
         pi1_ref = float(ref.labels.float().mean())
         rw = label_weights(ref.labels, alpha, "is", pi1_ref) if 0 < pi1_ref < 1 else None
         if rw is None:

@@ -170,6 +170,33 @@ def test_diagnostics_of_the_trained_classifier(trained):
     assert abs(b["bce"][-1] - h) < 0.02
 
 
+def test_diagnostics_of_a_set_with_many_more_positives(trained):
+    """``synth.keep_positive`` sets put all positives first: the diagnostics take a balanced
+    subset of the held-out points and of the reference, not the first rows (positives only)."""
+    from genneg.diagnostics import _balanced_rows
+
+    process, synth, held, clf = trained
+    labels = torch.tensor([True] * 900 + [False] * 50)
+    rows = _balanced_rows(labels, 200)
+    assert len(rows) == 200 and int((~labels[rows]).sum()) == 50  # all of the rarer label
+    assert int((~labels[_balanced_rows(labels, 60)]).sum()) == 30
+    pos = held.index(held.labels.nonzero().squeeze(1))
+    many = LabelledSet.cat([pos, pos, pos, held.index((~held.labels).nonzero().squeeze(1))])
+    ref = LabelledSet.cat([synth.positives, synth.positives, synth.negatives])
+    kw = dict(alpha=synth.alpha, weighting="is", process=process)
+    d = classifier_diagnostics(
+        clf, many, ref, **kw, generator=torch.Generator().manual_seed(7),
+        max_points=len(held), max_reference=len(synth.positives) + len(synth.negatives),
+    )  # fmt: skip
+    base = classifier_diagnostics(
+        clf, held, LabelledSet.cat([synth.positives, synth.negatives]), **kw,
+        generator=torch.Generator().manual_seed(7),
+    )  # fmt: skip
+    assert d["n_points"] == len(held)
+    assert d["acc"] == pytest.approx(base["acc"], abs=0.02)
+    assert all(b is not None for b in d["bins"]["bce_bayes"])
+
+
 def test_hold_out_keeps_the_balance_and_alpha(trained):
     _, synth, held, _ = trained
     assert int(held.labels.sum()) == len(held) - int(held.labels.sum())
