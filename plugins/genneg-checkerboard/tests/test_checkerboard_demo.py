@@ -33,10 +33,14 @@ def test_demo_halves_the_infraction_rate_with_comparable_elbo(tmp_path):
     for stage in rows:
         assert (out / "plots" / f"samples_{stage}.png").exists()
     assert (out / "plots" / "curves.png").exists()
-    # issue 11 (measured 2.14 / 1.10 / 0.53 %, iter1 +0.010 +- 0.012 nats/dim over the
-    # baseline): the first classifier costs no likelihood, the last reaches ~0.5 %
-    assert last["infraction"] < 1.0
-    assert rows["iter1"]["elbo_diff"] > -2 * rows["iter1"]["elbo_diff_se"]
+    # issue 11 (measured 1.75 / 0.69 / 0.42 %, paired ELBO +0.029 +- 0.010 / +0.007 +- 0.013 /
+    # -0.015 +- 0.015 nats/dim over the baseline; distilled 0.51 %, -0.015 +- 0.014): no
+    # iteration costs likelihood beyond its paired standard error (2 s.e. here, a guard, not
+    # the measurement), the last reaches ~0.5 %, the student stays near its teacher
+    assert last["infraction"] < 0.75
+    for stage in ("iter1", "iter2", "iter3", "distill"):
+        assert rows[stage]["elbo_diff"] > -2 * rows[stage]["elbo_diff_se"], stage
+    assert rows["distill"]["infraction"] < 1.5 * last["infraction"] + 0.1
     metrics = (out / "metrics.jsonl").read_text().splitlines()
     diags = [json.loads(line) for line in metrics if '"event": "classifier"' in line]
     assert [d["stage"] for d in diags] == ["iter1", "iter2", "iter3"]
