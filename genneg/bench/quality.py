@@ -36,7 +36,10 @@ def reduce_config(cfg, fraction: float = 0.25, iterations: int = 2):
         baseline=steps(cfg.baseline),
         iterations=min(cfg.iterations, iterations) or 1,
         synth=attrs.evolve(
-            synth, n_per_class=n, max_samples=max(4 * n, round(synth.max_samples * fraction))
+            synth,
+            n_per_class=n,
+            max_samples=max(4 * n, round(synth.max_samples * fraction)),
+            keep_positive=round(synth.keep_positive * fraction),
         ),
         classifier=attrs.evolve(cfg.classifier, train=steps(cfg.classifier.train)),
         distill=attrs.evolve(
