@@ -176,3 +176,30 @@ def test_a_failing_case_is_reported_not_fatal(tmp_path):
     report = run_suite(registry=reg, log=lambda m: None)
     assert [e["case"] for e in report.errors] == ["broken"]
     assert "ZeroDivisionError" in report.errors[0]["error"]
+
+
+def test_threading_case_times_both_policies_alone_and_beside_a_busy_process(monkeypatch):
+    """The threading case's structure (fresh worker processes; a few steps, never a time
+    threshold), and that the worker really runs under the policy it names."""
+    import os
+
+    from genneg.bench import busy
+    from genneg.bench.report import Report
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("the case needs two cores")
+    report = Report()
+    busy.bench_threads(report, steps=3, log=lambda m: None)
+    rows = report.find("threads")
+    assert [r["policy"] for r in rows] == list(busy.POLICIES)
+    for r in rows:
+        assert r["seconds_alone"] > 0 and r["seconds_beside_busy"] > 0
+        assert r["slowdown"] == pytest.approx(r["seconds_beside_busy"] / r["seconds_alone"])
+        assert r["threads"] >= 1
+    assert "**Threads**" in markdown(report)
+    # the env the worker gets: no thread-count override, the policy only where asked
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert "OMP_NUM_THREADS" not in busy._worker_env(None)
+    assert "OMP_WAIT_POLICY" not in busy._worker_env(None)  # genneg sets it in the worker
+    assert busy._worker_env("ACTIVE")["OMP_WAIT_POLICY"] == "ACTIVE"

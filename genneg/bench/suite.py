@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from genneg.bench import domain, quality
+from genneg.bench import busy, domain, quality
 from genneg.bench.report import Report
 from genneg.bench.timing import matmul_flops
 
@@ -48,6 +48,7 @@ def run_suite(
     reduce: dict | None = None,
     device: str = "cpu",
     threads: int | None = 1,
+    threading_steps: int = 0,
     log=print,
 ) -> Report:
     """Run every benchmark; returns the :class:`Report`.
@@ -57,6 +58,8 @@ def run_suite(
         (default: all benchmarked ones without a run directory); ``()`` for none.
     :param run_dirs: finished run directories whose results give the quality (and the
         infraction rates of the rejection comparison) of their domain instead.
+    :param threading_steps: training steps of the threading case (:mod:`genneg.bench.busy`,
+        fresh processes alone and beside a busy one); ``0`` skips it.
     """
     from genneg.plugins import get_registry
 
@@ -83,6 +86,15 @@ def run_suite(
         except Exception as exc:
             report.error(f"{preset}/components", exc)
         log(f"{preset}: components in {time.perf_counter() - t0:.1f} s")
+
+    if threading_steps and device == "cpu":
+        report.plugin = "genneg"
+        t0 = time.perf_counter()
+        try:
+            busy.bench_threads(report, steps=threading_steps, log=log)
+        except Exception as exc:
+            report.error("threads", exc)
+        log(f"threads: {time.perf_counter() - t0:.1f} s")
 
     for name, entry in sorted(registry.entries["benchmarks"].items()):
         report.plugin = entry.plugin

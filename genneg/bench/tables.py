@@ -106,6 +106,30 @@ def markdown(report) -> str:
             )
         )
         out.append("")
+    threads = report.find("threads")
+    if threads:
+        out += [
+            "**Threads** (a training loop in a fresh process with torch's default thread count,"
+            " alone and beside one `python -c 'while True: pass'`)",
+            "",
+        ]
+        out.append(
+            _table(
+                ["OpenMP wait policy", "threads", "steps", "s alone", "s beside busy", "× slower"],
+                [
+                    [
+                        r["policy"],
+                        r["threads"],
+                        r["steps"],
+                        _num(r["seconds_alone"]),
+                        _num(r["seconds_beside_busy"]),
+                        _num(r["slowdown"], ".2f"),
+                    ]
+                    for r in threads
+                ],
+            )
+        )
+        out.append("")
     qual = report.find("quality")
     if qual:
         out += ["**Quality** (fixed small budget)", ""]
@@ -158,12 +182,8 @@ def markdown(report) -> str:
             )
         )
         out.append("")
-    other = [
-        r
-        for r in report.records
-        if r["case"]
-        not in {"oracle", "sampler", "train", "quality", "rejection", "data", "quality-run"}
-    ]
+    known = {"oracle", "sampler", "train", "threads", "quality", "rejection", "data"}
+    other = [r for r in report.records if r["case"] not in known | {"quality-run"}]
     if other:
         out += ["**Other cases** (plugins' `register_benchmarks`)", ""]
         out.append(

@@ -39,13 +39,20 @@ import click
     "--threads", type=int, default=1, show_default=True, help="torch threads (0: torch's default)."
 )
 @click.option(
+    "--threading-steps",
+    type=int,
+    default=300,
+    show_default=True,
+    help="Training steps of the threading case (alone / beside a busy process); 0 skips it.",
+)
+@click.option(
     "--out",
     default="bench-results",
     show_default=True,
     type=click.Path(file_okay=False),
     help="Writes bench.json and bench.md here.",
 )
-def bench_cmd(presets, run_dirs, quality_presets, fraction, device, threads, out):
+def bench_cmd(presets, run_dirs, quality_presets, fraction, device, threads, threading_steps, out):
     """Benchmark oracles, samplers, training and quality of every installed plugin, and
     Gen-neG against rejection sampling."""
     from genneg.bench.suite import run_suite
@@ -61,6 +68,7 @@ def bench_cmd(presets, run_dirs, quality_presets, fraction, device, threads, out
         reduce={"fraction": fraction},
         device=device,
         threads=threads or None,
+        threading_steps=threading_steps,
         log=lambda m: click.echo(m, err=True),
     )
     js, md = report.write(out)
