@@ -87,7 +87,8 @@ def sumo_cpu_preset() -> RunConfig:
     agent-frame pair poses, the 7 x 5 footprint read of the road's signed distance and of the
     lane fields (:class:`~genneg_traffic.network.PairPose`,
     :class:`~genneg_traffic.network.Footprint`); 20000 baseline steps (docs/traffic.md has the
-    ablation and the time on 2 cores)."""
+    ablation and the time on 2 cores). Evaluation samples are drawn under the held-out city's
+    conditions (``eval.condition_split = "test"``)."""
     net = {
         "hidden": 64,
         "heads": 4,
@@ -113,6 +114,8 @@ def sumo_cpu_preset() -> RunConfig:
         classifier=attrs.evolve(
             cfg.classifier, network=ComponentSpec(name="traffic-agent", options=net)
         ),
+        # infraction is scored on the held-out city's maps and agent counts, like the r-ELBO
+        eval=attrs.evolve(cfg.eval, condition_split="test"),
     )
 
 
