@@ -159,6 +159,10 @@ class EvalConfig:
     plot_samples: int = attrs.field(default=4000, validator=_positive)
     #: ``elbo``: the variational bound; ``r-elbo``: DDPM's reweighted bound (uniform weights).
     elbo: str = attrs.field(default="elbo", validator=v.in_(("elbo", "r-elbo")))
+    #: The split whose conditions (``cond``: maps, masks, ...) the evaluation samples are drawn
+    #: under (rows with replacement); ``test`` scores a conditional model on held-out
+    #: conditions (e.g. traffic's held-out city). Synthetic sets always use ``train``.
+    condition_split: str = attrs.field(default="train", validator=v.in_(("train", "val", "test")))
 
 
 @attrs.frozen(kw_only=True)

@@ -106,18 +106,17 @@ class Experiment:
 
     @functools.cached_property
     def sampler(self) -> ModelSampler:
-        return self._sampler(self.cfg.sampling.steps)
+        split = getattr(self.splits, self.cfg.eval.condition_split)
+        return self._sampler(self.cfg.sampling.steps, split)
 
     @functools.cached_property
     def synth_sampler(self) -> ModelSampler:
-        return self._sampler(self.cfg.synth.steps or self.cfg.sampling.steps)
+        return self._sampler(self.cfg.synth.steps or self.cfg.sampling.steps, self.splits.train)
 
-    def _sampler(self, steps: int) -> ModelSampler:
+    def _sampler(self, steps: int, split: DataSplit) -> ModelSampler:
         sampling = self.cfg.sampling
         fn = self.registry.get("samplers", sampling.sampler)
-        return ModelSampler(
-            fn, self.process, steps, sampling.options, self.splits.train, sampling.batch_size
-        )
+        return ModelSampler(fn, self.process, steps, sampling.options, split, sampling.batch_size)
 
     @functools.cached_property
     def base(self):
@@ -193,7 +192,8 @@ class Experiment:
     # --- sampling and labelling ---
     def sample(self, model, n: int, generator, *, progress: bool = False) -> DataSplit:
         """``n`` samples of ``model`` with the run's sampler, conditions resampled from the
-        training split; all randomness from ``generator``."""
+        split ``cfg.eval.condition_split`` (default: training); all randomness from
+        ``generator``."""
         return self.sampler.sample(model, n, generator, progress=progress)
 
     def label(self, samples: DataSplit) -> Labelled:

@@ -97,6 +97,30 @@ def test_parts_are_built_on_first_use(registry):
     assert "splits" not in exp.__dict__
 
 
+def test_evaluation_samples_are_drawn_under_the_configured_splits_conditions(registry):
+    """``eval.condition_split`` picks the split whose ``cond`` the evaluation samples are drawn
+    under (held-out maps for traffic); the synthetic sets keep the training conditions."""
+    from genneg.components import DataSplit, Splits
+    from genneg.config import EvalConfig
+
+    def split(n, tag):
+        return DataSplit(x=torch.zeros(n, 2), cond={"tag": torch.full((n,), tag)})
+
+    splits = Splits(train=split(30, 0.0), val=split(10, 1.0), test=split(20, 2.0))
+    for name, tag in (("train", 0.0), ("val", 1.0), ("test", 2.0)):
+        ev = EvalConfig(n_samples=10, elbo_k=2, elbo_points=10, condition_split=name)
+        exp = Experiment(toy_config(eval=ev), registry=registry)
+        exp.__dict__["splits"] = splits
+        model = exp.new_denoiser()
+        drawn = exp.sample(model, 25, torch.Generator().manual_seed(0))
+        assert drawn.x.shape == (25, 2) and torch.all(drawn.cond["tag"] == tag)
+        synth = exp.synth_sampler.sample(model, 7, torch.Generator().manual_seed(0))
+        assert torch.all(synth.cond["tag"] == 0.0)
+    assert EvalConfig().condition_split == "train"
+    with pytest.raises(ValueError, match="condition_split"):
+        EvalConfig(condition_split="holdout")
+
+
 # --- the noise-process protocol ---
 
 

@@ -26,14 +26,15 @@ class CountingDenoiser(torch.nn.Module):
         return self.denoiser(x, sigma, **cond)
 
 
-def resample_conditions(train: DataSplit, n: int, generator) -> tuple[dict, tuple]:
-    """Conditions of ``n`` random training rows (with replacement) and the sample shape."""
-    idx = rng.randint(len(train), (n,), generator)
-    return {k: v[idx] for k, v in train.cond.items()}, tuple(train.x.shape[1:])
+def resample_conditions(split: DataSplit, n: int, generator) -> tuple[dict, tuple]:
+    """Conditions of ``n`` random rows of ``split`` (with replacement) and the sample shape."""
+    idx = rng.randint(len(split), (n,), generator)
+    return {k: v[idx] for k, v in split.cond.items()}, tuple(split.x.shape[1:])
 
 
 class ModelSampler:
-    """Samples from a denoiser with a registered sampler, conditions drawn from the data."""
+    """Samples from a denoiser with a registered sampler, conditions drawn from the data split
+    ``train`` (the training split, or the one ``EvalConfig.condition_split`` names)."""
 
     def __init__(
         self, sampler_fn, process, steps: int, options: dict, train: DataSplit, batch_size: int

@@ -19,6 +19,10 @@ def test_registered_components():
         cfg = reg.get("presets", name)()
         assert cfg.process.kind == "vp"
         assert cfg.classifier.element_loss == "per-element"  # the paper's rows
+    # infraction on SUMO traffic is scored on the held-out city (Braunschweig)
+    for name in ("traffic-sumo", "traffic-sumo-agent", "traffic-sumo-agent-stacked"):
+        assert reg.get("presets", name)().eval.condition_split == "test"
+    assert reg.get("presets", "traffic")().eval.condition_split == "train"
     joint = reg.get("presets", "traffic-sumo-agent-joint")()
     assert joint.classifier.network.name == "traffic-agent"
     assert joint.classifier.element_loss == "joint" and joint.classifier.weighting == "is"
