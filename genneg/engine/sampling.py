@@ -34,16 +34,16 @@ def resample_conditions(split: DataSplit, n: int, generator) -> tuple[dict, tupl
 
 class ModelSampler:
     """Samples from a denoiser with a registered sampler, conditions drawn from the data split
-    ``train`` (the training split, or the one ``EvalConfig.condition_split`` names)."""
+    ``conditions`` (the training split, or the one ``EvalConfig.condition_split`` names)."""
 
     def __init__(
-        self, sampler_fn, process, steps: int, options: dict, train: DataSplit, batch_size: int
+        self, sampler_fn, process, steps: int, options: dict, conditions: DataSplit, batch_size: int
     ):
         self.sampler_fn = sampler_fn
         self.process = process
         self.sigmas = process.sampling_sigmas(steps or None)  # 0: the process' default
         self.options = dict(options)
-        self.train = train
+        self.conditions = conditions
         self.batch_size = batch_size
         self.seconds = 0.0
 
@@ -53,8 +53,8 @@ class ModelSampler:
         starts = range(0, n, self.batch_size)
         for start in tqdm(starts, desc="sampling", disable=not progress, leave=False):
             b = min(self.batch_size, n - start)
-            cond, shape = resample_conditions(self.train, b, generator)
-            x = self.process.sample_prior((b, *shape), generator, device=self.train.x.device)
+            cond, shape = resample_conditions(self.conditions, b, generator)
+            x = self.process.sample_prior((b, *shape), generator, device=self.conditions.x.device)
             t0 = time.perf_counter()
             x = self.sampler_fn(
                 denoiser, x, self.sigmas, cond=cond, generator=generator, **self.options
