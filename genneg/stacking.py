@@ -201,8 +201,13 @@ def batched_linear(w, b, h: torch.Tensor, shared: bool = False) -> torch.Tensor:
     product: ``h`` is ``[K, ..., in]`` (one input per member) or, with ``shared``,
     ``[..., in]`` (one input for all); returns ``[K, ..., out]``."""
     k = w.shape[0]
-    lead = h.shape[:-1] if shared else h.shape[1:-1]
-    flat = h.reshape(1 if shared else k, -1, h.shape[-1]).expand(k, -1, -1)
+    if shared:
+        # one product with the members' weights side by side, [..., in] x [in, K * out]: its
+        # gradient in h is one product too, not K products summed over the members
+        out = F.linear(h, w.reshape(-1, w.shape[-1]), None if b is None else b.reshape(-1))
+        return out.unflatten(-1, (k, w.shape[1])).movedim(-2, 0)  # a view, [K, ..., out]
+    lead = h.shape[1:-1]
+    flat = h.reshape(k, -1, h.shape[-1])
     wt = w.transpose(1, 2)
     out = torch.bmm(flat, wt) if b is None else torch.baddbmm(b[:, None], flat, wt)
     return out.reshape(k, *lead, w.shape[1])

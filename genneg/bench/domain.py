@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from genneg import rng
-from genneg.bench.timing import peak_memory, sync, timed
+from genneg.bench.timing import peak_memory, sync, timed, timed_side_by_side
 from genneg.components import DataSplit
 from genneg.engine.sampling import CountingDenoiser, resample_conditions
 from genneg.experiment import Experiment
@@ -31,6 +31,7 @@ class DomainSizes:
     train_batch: int = 64
     train_steps: int = 5
     repeat: int = 3
+    sampler_rounds: int = 5  # rounds of the side-by-side sampler timing
 
 
 class Domain:
@@ -141,7 +142,7 @@ def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) ->
     x0 = dom.process.sample_prior((n, *shape), dom.gen).to(dom.device)
     sigma_mid = torch.full((n,), float(sigmas[len(sigmas) // 2]), device=dom.device)
 
-    rows = []
+    draws, calls, mems = {}, {}, {}
     for name, model in models.items():
         counting = CountingDenoiser(model)
 
@@ -155,12 +156,17 @@ def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) ->
                 **dom.cfg.sampling.options,
             )
 
-        draw()  # warm-up, and the number of network calls per draw
-        calls = counting.calls
         with peak_memory(dom.device) as mem:
-            seconds = timed(draw, repeat=sizes.repeat, warmup=0, device=dom.device)
+            draw()  # warm-up, the number of network calls per draw and the peak memory
+        draws[name], calls[name], mems[name] = draw, counting.calls, mem
+    # in rounds, every model once per round: the cost ratios compare like with like
+    times = timed_side_by_side(draws, repeat=sizes.sampler_rounds, device=dom.device)
+
+    rows = []
+    for name, model in models.items():
+        seconds, nfe = times[name], calls[name]
         flops = _flops_per_sample(model, x0, sigma_mid, cond)
-        evals_per_s = n * calls / seconds
+        evals_per_s = n * nfe / seconds
         rows.append(
             {
                 "preset": dom.preset,
@@ -170,16 +176,16 @@ def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) ->
                 "params": _params(model),
                 "batch": n,
                 "steps": sizes.sample_steps,
-                "nfe_per_sample": calls,
+                "nfe_per_sample": nfe,
                 "seconds": seconds,
                 "sample_steps_per_s": n * sizes.sample_steps / seconds,
                 "sample_evals_per_s": evals_per_s,
                 "seconds_per_sample": seconds / n,
                 "flops_per_eval": flops,
-                "flops_per_sample": flops * calls,
+                "flops_per_sample": flops * nfe,
                 "achieved_flops": flops * evals_per_s,
                 "fraction_of_peak": flops * evals_per_s / peak_flops if peak_flops else None,
-                **mem,
+                **mems[name],
             }
         )
     t_base, f_base = rows[0]["seconds"], rows[0]["flops_per_eval"]

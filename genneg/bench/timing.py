@@ -31,6 +31,22 @@ def timed(fn, *, repeat: int = 3, warmup: int = 1, device="cpu") -> float:
     return best
 
 
+def timed_side_by_side(fns: dict, *, repeat: int = 3, device="cpu") -> dict:
+    """Best wall-clock seconds of each of ``fns`` (name -> callable), measured in ``repeat``
+    rounds that call every function once, in turn: a machine that slows down or speeds up
+    during the measurement (another tenant, a frequency change) shifts every function's
+    rounds alike, so the ratios between them hold where back-to-back blocks would not."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
 def _max_rss_mib() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024

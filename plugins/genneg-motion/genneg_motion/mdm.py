@@ -271,30 +271,39 @@ class MDMClassifier(MDM):
         keep = None
         if self.mask_frames and mask is not None:  # attend to the time token and real frames
             keep = torch.cat([torch.ones_like(mask[:, :1]), mask.bool()], dim=1)[:, None, None]
-        for i, layer in enumerate(self.seqTransEncoder.layers):
-            h = _stacked_encoder_layer(params, f"seqTransEncoder.layers.{i}.", layer, h, keep)
+        layers = self.seqTransEncoder.layers
+        # one logit per motion reads the time token alone: the last layer's queries, attention
+        # output and feed-forward are needed for that token only (its keys and values for all)
+        first_only = self.granularity == "sample"
+        for i, layer in enumerate(layers):
+            last = first_only and i == len(layers) - 1
+            h = _stacked_encoder_layer(params, f"seqTransEncoder.layers.{i}.", layer, h, keep, last)
         if self.granularity == "sample":
             return linear(params, "classifier_head", h[:, :, 0]).squeeze(-1)
         return linear(params, "classifier_head", h[:, :, 1:]).squeeze(-1)
 
 
-def _stacked_encoder_layer(params, pre: str, layer, h, keep):
+def _stacked_encoder_layer(params, pre: str, layer, h, keep, first_only: bool = False):
     """``nn.TransformerEncoderLayer`` (post-norm, eval) of K members on ``h`` ``[K, B, S, d]``;
-    ``keep`` bool ``[B, 1, 1, S]`` marks the keys to attend to (``None``: all)."""
+    ``keep`` bool ``[B, 1, 1, S]`` marks the keys to attend to (``None``: all). With
+    ``first_only`` the output is token 0's alone, ``[K, B, 1, d]`` (the others' queries are not
+    computed)."""
     if layer.norm_first:
         raise NotImplementedError("stacked MDM layers are post-norm, like MDM's")
     k, b, s, d = h.shape
     heads = layer.self_attn.num_heads
-    qkv = batched_linear(
-        params[pre + "self_attn.in_proj_weight"], params[pre + "self_attn.in_proj_bias"], h
-    )
-    q, kk, v = (
-        part.reshape(k * b, s, heads, d // heads).transpose(1, 2) for part in qkv.chunk(3, dim=-1)
-    )
+    w, bias = params[pre + "self_attn.in_proj_weight"], params[pre + "self_attn.in_proj_bias"]
+    if first_only:
+        q = batched_linear(w[:, :d], bias[:, :d], h[:, :, :1])
+        kk, v = batched_linear(w[:, d:], bias[:, d:], h).chunk(2, dim=-1)
+        h = h[:, :, :1]
+    else:
+        q, kk, v = batched_linear(w, bias, h).chunk(3, dim=-1)
+    q, kk, v = (part.reshape(k * b, -1, heads, d // heads).transpose(1, 2) for part in (q, kk, v))
     if keep is not None:
         keep = keep.repeat(k, 1, 1, 1)
-    a = F.scaled_dot_product_attention(q, kk, v, attn_mask=keep)  # [K*B, heads, S, d/heads]
-    a = a.transpose(1, 2).reshape(k, b, s, d)
+    a = F.scaled_dot_product_attention(q, kk, v, attn_mask=keep)  # [K*B, heads, S or 1, d/h]
+    a = a.transpose(1, 2).reshape(k, b, -1, d)
     h = layer_norm(
         params, pre + "norm1", h + linear(params, pre + "self_attn.out_proj", a), layer.norm1.eps
     )

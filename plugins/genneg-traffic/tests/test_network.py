@@ -25,14 +25,22 @@ def frame(B=3, scale=0.5):
     return torch.tensor([[scale, 0.0, -scale, 0.0]]).expand(B, 4)
 
 
-def test_rpe_attention_matches_a_loop_over_eqs_35_36():
+@pytest.mark.parametrize("with_time", [False, True])
+def test_rpe_attention_matches_a_loop_over_eqs_35_36(with_time):
+    """The reordered sums of rpe_attend against Eqs. (35)-(36) term by term, with p_ij given
+    whole or as a pair part plus a per-sample time embedding."""
     torch.manual_seed(0)
     att = RPESelfAttention(hidden=8, heads=2).double()
     B, A = 2, 4
     x = torch.randn(B, A, 8, dtype=torch.float64)
     p = torch.randn(B, A, A, 8, dtype=torch.float64)
     mask = torch.tensor([[True] * 4, [True, True, False, True]])
-    got = att.attend(x, p, mask)
+    if with_time:
+        t = torch.randn(B, 8, dtype=torch.float64)
+        got = att.attend(x, p, mask, t)
+        p = p + t[:, None, None, :]
+    else:
+        got = att.attend(x, p, mask)
     Wq, Wk, Wv = att.qkv.weight.chunk(3)
     bq, bk, bv = att.qkv.bias.chunk(3)
     Uq, Uk, Uv = att.rpe.weight.chunk(3)
