@@ -5,12 +5,8 @@ code import from ``genneg`` only. Plugins implement the hooks of :mod:`genneg.ho
 marked with :data:`hookimpl`, and expose themselves through the ``genneg`` entry-point group.
 """
 
-from genneg.threads import default_wait_policy
-
-default_wait_policy()  # before torch loads OpenMP (genneg/threads.py)
-
-from genneg import stacking  # noqa: E402  (public module: helpers for stacked_forward)
-from genneg.components import (  # noqa: E402
+from genneg import stacking  # public module: helpers for stacked_forward
+from genneg.components import (
     Dataset,
     DataSplit,
     NoiseProcess,
@@ -18,7 +14,7 @@ from genneg.components import (  # noqa: E402
     OracleResult,
     Splits,
 )
-from genneg.config import (  # noqa: E402
+from genneg.config import (
     ClassifierConfig,
     ComponentSpec,
     DistillConfig,
@@ -29,10 +25,10 @@ from genneg.config import (  # noqa: E402
     SynthConfig,
     TrainConfig,
 )
-from genneg.engine.labelling import Labelled  # noqa: E402
-from genneg.engine.rundir import RunDir, atomic_write_text, load_checkpoint  # noqa: E402
-from genneg.engine.runner import run  # noqa: E402
-from genneg.errors import (  # noqa: E402
+from genneg.engine.labelling import Labelled
+from genneg.engine.rundir import RunDir, atomic_write_text, load_checkpoint
+from genneg.engine.runner import run
+from genneg.errors import (
     BuildError,
     CheckpointError,
     ClassTooRareError,
@@ -42,12 +38,12 @@ from genneg.errors import (  # noqa: E402
     OracleError,
     RunError,
 )
-from genneg.experiment import Experiment  # noqa: E402
-from genneg.guidance import GuidedDenoiser, TimeClassifier  # noqa: E402
-from genneg.hookspecs import hookimpl  # noqa: E402
-from genneg.losses import ClassifierLoss, DenoisingLoss, DistillationLoss  # noqa: E402
-from genneg.plugins import get_registry  # noqa: E402
-from genneg.rng import stage_generator  # noqa: E402
+from genneg.experiment import Experiment
+from genneg.guidance import GuidedDenoiser, TimeClassifier
+from genneg.hookspecs import hookimpl
+from genneg.losses import ClassifierLoss, DenoisingLoss, DistillationLoss
+from genneg.plugins import get_registry
+from genneg.rng import stage_generator
 
 __all__ = [
     "BuildError",

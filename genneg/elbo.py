@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from genneg import rng
+from genneg import rng, threads
 from genneg.diffusion.shapes import broadcast, masked_sum, real_dims
 
 
@@ -60,6 +60,7 @@ def edm_elbo(denoiser, x0, cond, process, *, k: int = 32, generator=None) -> tor
     u = lo + (hi - lo) * _stratified(x0.shape[0], k, generator, x0.device)
     diffusion = torch.zeros_like(dims)
     for j in range(k):
+        threads.tick()
         sigma = torch.exp(u[:, j])
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
         e = masked_sum((x0 - denoiser(xt, sigma, **cond)) ** 2, cond)
@@ -104,6 +105,7 @@ def ddpm_elbo(
     ts = (1 + torch.floor(strata * (T - 1))).long().clamp(1, T - 1)
     total = torch.zeros_like(dims, dtype=torch.float64)
     for j in range(k):
+        threads.tick()
         t = ts[:, j]
         sigma = process.t_to_sigma(t.cpu()).to(x0.device)
         noise = rng.randn(x0.shape, generator, x0.device)

@@ -4,6 +4,7 @@ No assertion here depends on how fast the machine is."""
 
 import json
 import math
+import os
 
 import pytest
 
@@ -178,11 +179,9 @@ def test_a_failing_case_is_reported_not_fatal(tmp_path):
     assert "ZeroDivisionError" in report.errors[0]["error"]
 
 
-def test_threading_case_times_both_policies_alone_and_beside_a_busy_process(monkeypatch):
+def test_threading_case_times_each_setting_alone_and_beside_a_busy_process(monkeypatch):
     """The threading case's structure (fresh worker processes; a few steps, never a time
-    threshold), and that the worker really runs under the policy it names."""
-    import os
-
+    threshold), and that the worker really runs with the thread setting it names."""
     from genneg.bench import busy
     from genneg.bench.report import Report
 
@@ -191,15 +190,17 @@ def test_threading_case_times_both_policies_alone_and_beside_a_busy_process(monk
     report = Report()
     busy.bench_threads(report, steps=3, log=lambda m: None)
     rows = report.find("threads")
-    assert [r["policy"] for r in rows] == list(busy.POLICIES)
+    assert [r["setting"] for r in rows] == list(busy.SETTINGS)
     for r in rows:
         assert r["seconds_alone"] > 0 and r["seconds_beside_busy"] > 0
         assert r["slowdown"] == pytest.approx(r["seconds_beside_busy"] / r["seconds_alone"])
-        assert r["threads"] >= 1
+        assert r["threads_alone"] >= 1 and r["threads_beside_busy"] >= 1
+    by_name = {r["setting"]: r for r in rows}
+    assert by_name["one"]["threads_alone"] == 1
+    assert by_name["one per core, fixed (torch's default)"]["threads_alone"] == os.cpu_count()
     assert "**Threads**" in markdown(report)
-    # the env the worker gets: no thread-count override, the policy only where asked
+    # the env the worker gets: no thread-count or wait-policy override
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert "OMP_NUM_THREADS" not in busy._worker_env(None)
-    assert "OMP_WAIT_POLICY" not in busy._worker_env(None)  # genneg sets it in the worker
-    assert busy._worker_env("ACTIVE")["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "OMP_NUM_THREADS" not in busy._worker_env()
+    assert "OMP_WAIT_POLICY" not in busy._worker_env()

@@ -109,21 +109,28 @@ def markdown(report) -> str:
     threads = report.find("threads")
     if threads:
         out += [
-            "**Threads** (a training loop in a fresh process with torch's default thread count,"
-            " alone and beside one `python -c 'while True: pass'`)",
+            "**Threads** (a training loop in a fresh process, alone and beside one"
+            " `python -c 'while True: pass'`; threads: the count at the end)",
             "",
         ]
         out.append(
             _table(
-                ["OpenMP wait policy", "threads", "steps", "s alone", "s beside busy", "× slower"],
+                [
+                    "threads",
+                    "steps",
+                    "s alone",
+                    "s beside busy",
+                    "× slower",
+                    "threads (alone / busy)",
+                ],
                 [
                     [
-                        r["policy"],
-                        r["threads"],
+                        r["setting"],
                         r["steps"],
                         _num(r["seconds_alone"]),
                         _num(r["seconds_beside_busy"]),
                         _num(r["slowdown"], ".2f"),
+                        f"{r['threads_alone']} / {r['threads_beside_busy']}",
                     ]
                     for r in threads
                 ],

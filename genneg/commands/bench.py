@@ -41,7 +41,7 @@ import click
 @click.option(
     "--threading-steps",
     type=int,
-    default=300,
+    default=3000,
     show_default=True,
     help="Training steps of the threading case (alone / beside a busy process); 0 skips it.",
 )

@@ -13,11 +13,15 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from genneg import rng
+from genneg import rng, threads
 
 
 def _steps(sigmas, progress):
-    return tqdm(range(len(sigmas) - 1), disable=not progress, desc="sampling", leave=False)
+    """The step indices of a sampler, with a progress bar; each step lets the thread governor
+    look at the machine (:func:`genneg.threads.tick`)."""
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="sampling", leave=False):
+        threads.tick()
+        yield i
 
 
 def _noise(x, generator):

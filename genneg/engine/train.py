@@ -9,7 +9,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from genneg import distributed, rng
+from genneg import distributed, rng, threads
 from genneg.classifier_targets import check_targets
 from genneg.losses import ClassifierLoss, DenoisingLoss
 
@@ -44,6 +44,7 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
     history, window = [], []
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
+        threads.tick()  # the free cores (genneg/threads.py)
         if cfg.lr_warmup or cfg.lr_schedule != "constant":
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
