@@ -291,3 +291,32 @@ def test_unavailable_device_is_a_clear_error(tmp_path, registry, monkeypatch):
         run(
             toy_config(device="gpu0"), tmp_path / "s", registry=registry, progress=False, quiet=True
         )
+
+
+def test_synthetic_set_reports_where_its_time_goes():
+    """``SynthResult.timings()``: wall time in the sampler and in the oracle, each measured
+    around its own calls (a slow sampler and a slow oracle show up on their own side)."""
+    import time as _time
+
+    class SlowSampler(FixedSampler):
+        def sample(self, denoiser, n, generator):
+            _time.sleep(0.02)
+            return super().sample(denoiser, n, generator)
+
+    class SlowOracle(HalfPlane):
+        def label(self, x, cond):
+            _time.sleep(0.005)
+            return super().label(x, cond)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 2, generator=g)
+    cfg = SynthConfig(n_per_class=100, max_samples=2000, min_per_class=10)
+    synth = draw_labelled(
+        SlowSampler(x), None, SlowOracle(0.0), "half", cfg,
+        keep_natural=False, generator=g, progress=False,
+    )  # fmt: skip
+    rounds = synth.n_drawn // 100
+    t = synth.timings()
+    assert t["sampling_seconds"] >= 0.02 * rounds
+    assert 0.005 * rounds <= t["labelling_seconds"] < t["sampling_seconds"]
+    assert "sampling_seconds" not in synth.summary()  # the counts alone: comparable across runs

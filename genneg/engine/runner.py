@@ -180,10 +180,11 @@ class _Run:
             labeller=exp.labeller,
         )
         t_synth = time.perf_counter() - t0
-        rd.metric("synth", stage=name, seconds=t_synth, **synth.summary())
+        rd.metric("synth", stage=name, seconds=t_synth, **synth.summary(), **synth.timings())
         rd.log(
-            f"{name}: drew {synth.n_drawn} samples in {t_synth:.1f} s "
-            f"({synth.n_negative} infracting), alpha = {synth.alpha:.4f}"
+            f"{name}: drew {synth.n_drawn} samples in {t_synth:.1f} s (sampling "
+            f"{synth.sampling_seconds:.1f} s, labelling {synth.labelling_seconds:.1f} s; "
+            f"{synth.n_negative} infracting), alpha = {synth.alpha:.4f}"
         )
         synth, held = diagnostics.hold_out(
             synth, cfg.classifier.holdout, self.generator(name, "holdout")

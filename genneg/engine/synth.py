@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import attrs
 import torch
 from tqdm.auto import tqdm
@@ -56,6 +58,8 @@ class SynthResult:
     n_positive: int
     n_negative: int
     n_nonfinite: int
+    sampling_seconds: float = 0.0  # wall time in the model's sampler
+    labelling_seconds: float = 0.0  # wall time labelling, or waiting for the pool's labels
 
     @property
     def n_drawn(self) -> int:
@@ -75,6 +79,14 @@ class SynthResult:
             "alpha": self.alpha,
             "kept_positive": len(self.positives),
             "kept_negative": len(self.negatives),
+        }
+
+    def timings(self) -> dict:
+        """Where the wall time went: the model's sampler and the oracle (inline labelling, or
+        waiting for the pool's labels)."""
+        return {
+            "sampling_seconds": self.sampling_seconds,
+            "labelling_seconds": self.labelling_seconds,
         }
 
 
@@ -126,11 +138,21 @@ def draw_labelled(
     def round_size(drawn_before):
         return min(world * model_sampler.batch_size, cfg.max_samples - drawn_before)
 
+    clock = {"sampling": 0.0, "labelling": 0.0}  # where the time goes
+
+    def timed(key, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            clock[key] += time.perf_counter() - t0
+
     def start(drawn_before):
         lo, hi = distributed.share(round_size(drawn_before))
         if hi == lo:
             return None
-        return labeller.submit(model_sampler.sample(denoiser, hi - lo, gen))
+        samples = timed("sampling", model_sampler.sample, denoiser, hi - lo, gen)
+        return timed("labelling", labeller.submit, samples)
 
     try:
         rnd = 0
@@ -140,7 +162,11 @@ def draw_labelled(
             nxt = None
             if labeller.overlaps and drawn + b < cfg.max_samples:
                 nxt = _guard(start, drawn + b)  # sampled while the pool labels
-            got = _guard(labeller.result, pending.value) if pending.ok else pending
+            got = (
+                _guard(timed, "labelling", labeller.result, pending.value)
+                if pending.ok
+                else pending
+            )
             failed = not (got.ok and pending.ok and (nxt is None or nxt.ok))
             local = (0, 0, 0) if failed or got.value is None else got.value.counts()
             counts = distributed.all_reduce_sum([*local, int(failed)])
@@ -207,6 +233,8 @@ def draw_labelled(
         n_positive=n_pos,
         n_negative=n_neg,
         n_nonfinite=n_bad,
+        sampling_seconds=clock["sampling"],
+        labelling_seconds=clock["labelling"],
     )
 
 
