@@ -61,6 +61,9 @@ class _RootGroup(click.Group):
 @click.version_option(package_name="genneg")
 def cli():
     """Oracle-assisted guidance of diffusion models (Gen-neG)."""
+    from genneg.threads import configure
+
+    configure(None)  # every command uses the free cores; `run --threads N` fixes the count
 
 
 @cli.command("run")

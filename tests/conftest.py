@@ -15,3 +15,16 @@ def _core_registry(monkeypatch):
     torch.manual_seed(0)
     yield
     set_registry(None)
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_governor_across_tests():
+    """A CLI test starts genneg's thread governor (genneg/threads.py); it is stopped and the
+    thread count restored after the test, so later tests run as configured."""
+    from genneg import threads
+
+    before, count = threads._governor, torch.get_num_threads()
+    yield
+    if threads._governor is not before:
+        threads._governor = before
+        torch.set_num_threads(count)

@@ -10,6 +10,7 @@ import torch
 from genneg.bench import busy, domain, quality
 from genneg.bench.report import Report
 from genneg.bench.timing import matmul_flops
+from genneg.threads import configure as configure_threads
 
 
 def preset_families(registry, only=None) -> dict[str, str]:
@@ -65,7 +66,7 @@ def run_suite(
 
     registry = registry or get_registry()
     if threads:
-        torch.set_num_threads(threads)
+        configure_threads(threads)  # a fixed count: no governor changes it mid-measurement
     report = Report()
     report.meta["device"] = device
     t_start = time.perf_counter()

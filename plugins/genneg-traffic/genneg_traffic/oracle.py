@@ -52,6 +52,8 @@ class TrafficOracle(Oracle):
     :param collision_area_tol: overlap area (m^2) above which two vehicles collide.
     :param min_size: smallest length or width (m) of a well-formed vehicle.
     :param check_offroad: also test the drivable area (switch off for collision-only studies).
+    :param check_collision: also test overlaps between vehicles (switch off for offroad-only
+        studies: a classifier trained on one category's labels, guidance by category).
     """
 
     categories = CATEGORIES
@@ -65,7 +67,10 @@ class TrafficOracle(Oracle):
         collision_area_tol: float = 1e-3,
         min_size: float = 0.1,
         check_offroad: bool = True,
+        check_collision: bool = True,
     ):
+        if not (check_offroad or check_collision):
+            raise ValueError("the traffic oracle needs check_offroad or check_collision (or both)")
         if offroad_tol < 0 or collision_area_tol < 0 or min_size < 0:
             raise ValueError("offroad_tol, collision_area_tol and min_size must be >= 0")
         self.maps = maps
@@ -74,6 +79,7 @@ class TrafficOracle(Oracle):
         self.collision_area_tol = float(collision_area_tol)
         self.min_size = float(min_size)
         self.check_offroad = check_offroad
+        self.check_collision = check_collision
 
     @classmethod
     def from_dataset_dir(cls, dataset_dir: str, **options) -> TrafficOracle:
@@ -133,7 +139,8 @@ class TrafficOracle(Oracle):
         bi, ai, cx, cy, length, width = bi[ok], ai[ok], cx[ok], cy[ok], length[ok], width[ok]
         heading = np.arctan2(sin[ok], cos[ok])
         rects = rectangles(cx, cy, length, width, heading)
-        out["collision"][:] = self._collisions(B, N, bi, ai, cx, cy, length, width, rects)
+        if self.check_collision:
+            out["collision"][:] = self._collisions(B, N, bi, ai, cx, cy, length, width, rects)
         if self.check_offroad and len(rects):
             out["offroad"][bi, ai] = self._offroad(cond, B, bi, rects)
         return out
@@ -185,6 +192,7 @@ def traffic_oracle(
     collision_area_tol: float = 1e-3,
     min_size: float = 0.1,
     check_offroad: bool = True,
+    check_collision: bool = True,
 ) -> TrafficOracle:
     """Factory registered as oracle ``traffic``: the oracle of the dataset stored at
     ``dataset_dir`` (its maps and normalisation; see :mod:`genneg_traffic.dataset`)."""
@@ -194,4 +202,5 @@ def traffic_oracle(
         collision_area_tol=collision_area_tol,
         min_size=min_size,
         check_offroad=check_offroad,
+        check_collision=check_collision,
     )

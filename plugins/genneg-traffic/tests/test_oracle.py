@@ -94,6 +94,22 @@ def test_offroad_half_off_and_tolerance(oracle):
     assert strict.label(x, {"mask": mask, "map_id": torch.tensor([1])}).valid.tolist() == [False]
 
 
+def test_one_category_alone():
+    """check_collision / check_offroad switch one test off: an overlapping pair half off the
+    road is offroad only, or colliding only; switching both off is an error."""
+    x, mask = scenes([car(0, 5), car(3, 5)])
+    cond = {"mask": mask, "map_id": torch.tensor([1])}
+    both = TrafficOracle(MapBank([OPEN, ROAD])).label(x, cond)
+    assert both.categories["collision"].item() and both.categories["offroad"].item()
+    off = TrafficOracle(MapBank([OPEN, ROAD]), check_collision=False).label(x, cond)
+    assert not off.categories["collision"].item() and off.categories["offroad"].item()
+    assert off.element_valid[0, :2].tolist() == [False, False]
+    col = TrafficOracle(MapBank([OPEN, ROAD]), check_offroad=False).label(x, cond)
+    assert col.categories["collision"].item() and not col.categories["offroad"].item()
+    with pytest.raises(ValueError, match="check_offroad or check_collision"):
+        TrafficOracle(MapBank([OPEN, ROAD]), check_offroad=False, check_collision=False)
+
+
 def test_padding_is_ignored(oracle):
     x, mask = scenes([car(0, 0), car(10, 0)])
     x[0, 2] = torch.tensor(car(0, 0))  # a padded agent on top of agent 0
