@@ -12,16 +12,17 @@ import pytest
 def test_demo_halves_the_infraction_rate_with_comparable_elbo(tmp_path):
     env = dict(os.environ)
     env.pop("GENNEG_DISABLE_PLUGIN_AUTOLOAD", None)
-    # One torch thread: same numbers, and immune to a busy machine, where two threads wait on
-    # each other (measured: baseline training 27 s alone, 811 s beside another job).
-    env["OMP_NUM_THREADS"] = "1"
+    # The threads a user gets: genneg's default, the cores other processes leave free
+    # (genneg/threads.py), so a busy CI machine does not stall it (torch's fixed two threads
+    # took the baseline's training from 27 s alone to 811 s beside another job).
+    env.pop("OMP_NUM_THREADS", None)
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "genneg", "run", "checkerboard", "--out", str(out), "--no-progress"],
         capture_output=True,
         text=True,
         env=env,
-        timeout=1800,  # a guard against a hang, not a speed test (~4.5 min here)
+        timeout=3600,  # a guard against a hang, not a speed test
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| baseline |" in proc.stdout  # the table is printed
