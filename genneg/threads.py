@@ -5,7 +5,7 @@ slowest thread. When another process holds one of the cores, the torch thread th
 gets only part of it, and every region waits for that thread: measured on 2 cores, the
 checkerboard demo's baseline training (3000 steps) took 34 s alone and 128 s beside one busy
 process with torch's default two threads, and 46.7 s alone and 44.6 s beside it with one.
-OpenMP's passive wait policy (session 2's default) removes the spinning but not the waiting,
+OpenMP's passive wait policy (genneg's earlier default) removes the spinning but not the waiting,
 and costs speed alone (1.9x on the bench's threading case).
 
 So genneg picks the thread count from the cores the machine has free (:class:`ThreadGovernor`):
