@@ -104,7 +104,7 @@ def cli():
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="torch intra-op threads (0: one per core; waiting threads sleep, genneg/threads.py).",
+    help="torch intra-op threads, fixed (0: the free cores, genneg/threads.py).",
 )
 def run_cmd(preset, files, assignments, out, resume, dry_run, no_progress, oracle_workers, threads):
     """Run the Gen-neG experiment PRESET (see `genneg presets`).

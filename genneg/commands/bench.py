@@ -36,7 +36,11 @@ import click
 )
 @click.option("--device", default="cpu", show_default=True)
 @click.option(
-    "--threads", type=int, default=1, show_default=True, help="torch threads (0: torch's default)."
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="torch threads, fixed (0: the free cores, genneg/threads.py).",
 )
 @click.option(
     "--threading-steps",
