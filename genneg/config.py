@@ -131,6 +131,10 @@ class ClassifierConfig:
     #: half from its positives, half from its negatives, whatever their numbers (stratified:
     #: with the importance weights at ``pi1 = 1/2`` the expected loss is still Eq. 13's).
     minibatch: str = attrs.field(default="uniform", validator=v.in_(("uniform", "balanced")))
+    #: ``scratch``: every classifier starts from fresh weights (the paper's); ``baseline``:
+    #: its parameters whose name and shape match the baseline denoiser's (a shared backbone)
+    #: start as the trained baseline's (:mod:`genneg.engine.warm_start`).
+    init: str = attrs.field(default="scratch", validator=v.in_(("scratch", "baseline")))
 
     @guidance_window.validator
     def _check_window(self, attribute, value):

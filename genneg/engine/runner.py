@@ -27,6 +27,7 @@ from genneg.engine.results import headline, write_results
 from genneg.engine.rundir import RunDir, prepare_rundir
 from genneg.engine.synth import draw_labelled
 from genneg.engine.train import train_classifier, train_denoiser
+from genneg.engine.warm_start import copy_matching
 from genneg.errors import ClassTooRareError
 from genneg.experiment import Experiment
 from genneg.plugins import get_registry
@@ -189,6 +190,10 @@ class _Run:
         synth, held = diagnostics.hold_out(
             synth, cfg.classifier.holdout, self.generator(name, "holdout")
         )
+        if cfg.classifier.init == "baseline":
+            copied = copy_matching(clf, exp.base)
+            total = len(clf.state_dict())
+            rd.log(f"{name}: classifier starts from the baseline ({len(copied)}/{total} tensors)")
         t0 = time.perf_counter()
         clf.train()
         hist = train_classifier(

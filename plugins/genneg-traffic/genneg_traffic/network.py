@@ -206,6 +206,46 @@ class LocalMap(nn.Module):
         return F.grid_sample(img, grid, align_corners=False, padding_mode="zeros")[:, 0]
 
 
+class WideMap(nn.Module):
+    """The roads within about 15 m of each agent: a ``k x k`` grid of points ``spacing``
+    pixels apart (the CPU preset's 7 x 7 at 4 pixels spans +-15 m), centred on the agent's
+    (noisy) position in the window's frame, where the raster (drivable +1 / -1, outside the
+    raster 0) and the signed distance to the road edge (metres / 4, clipped to +-2) are read
+    by bilinear interpolation; an MLP embeds the ``2 k^2`` reads. An addition to App. B.2 (off
+    by default, ``wide_map = [k, spacing]``): :class:`LocalMap` and :class:`Footprint` see
+    about 4 m around a car, and beyond that the only road information is the cross-attention
+    to 10 m map tokens, which has to learn where an agent is on the image from its
+    coordinates; on a city the network has not seen, a car far from every road then has no
+    local evidence where the road is (measured in docs/traffic.md)."""
+
+    def __init__(self, hidden: int, size: int = 7, spacing: float = 4.0):
+        super().__init__()
+        if size < 2 or spacing <= 0:
+            raise ValueError(f"wide_map needs size >= 2 and spacing > 0, got {size}, {spacing}")
+        self.size, self.spacing = int(size), float(spacing)
+        self.proj = mlp(2 * self.size**2, hidden, hidden)
+
+    def read(self, x_in, raster, sdf, frame) -> torch.Tensor:
+        """``[B, A, 2, k*k]``: raster and scaled signed distance at the grid points, row-major
+        from the top-left point."""
+        R = raster.shape[-1]
+        a_x, b_x, a_y, b_y = frame.to(x_in.dtype).unbind(-1)[:4]
+        u = a_x[:, None] * x_in[..., 0] + b_x[:, None]
+        v = a_y[:, None] * x_in[..., 1] + b_y[:, None]
+        k = torch.arange(self.size, device=x_in.device, dtype=x_in.dtype) - (self.size - 1) / 2
+        step = 2 * self.spacing * k / R  # grid_sample units: 2 / R per pixel
+        du, dv = torch.meshgrid(step, step, indexing="xy")
+        grid = torch.stack([u[..., None] + du.reshape(-1), v[..., None] + dv.reshape(-1)], -1)
+        chans = torch.cat(
+            [raster.to(x_in.dtype) * 2 - 1, (sdf.to(x_in.dtype) / 4).clamp(-2, 2)], 1
+        )
+        out = F.grid_sample(chans, grid, align_corners=False, padding_mode="zeros")
+        return out.permute(0, 2, 1, 3)  # [B, C, A, P] -> [B, A, C, P]
+
+    def forward(self, x_in, raster, sdf, frame) -> torch.Tensor:
+        return self.proj(self.read(x_in, raster, sdf, frame).flatten(-2))
+
+
 def physical(x_in: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     """Model-unit features ``[B, A, 7]`` -> physical units with ``frame`` ``[B, 14]`` (the
     normalisation's mean and std, ``cond["feature_frame"]``)."""
@@ -378,6 +418,7 @@ class TrafficBackbone(nn.Module):
         pair_pose: bool = False,
         footprint=None,
         lanes: bool = False,
+        wide_map=None,
     ):
         super().__init__()
         self.hidden = hidden
@@ -390,6 +431,7 @@ class TrafficBackbone(nn.Module):
         if lanes and not footprint:
             raise ValueError("lanes are read by the footprint: set footprint too")
         self.footprint = Footprint(hidden, footprint, lanes=lanes) if footprint else None
+        self.wide = WideMap(hidden, *wide_map) if wide_map else None
         self.blocks = nn.ModuleList(Block(hidden, heads, ff_mult) for _ in range(layers))
 
     def pair_encoding(self, x_in: torch.Tensor) -> torch.Tensor:
@@ -423,6 +465,7 @@ class TrafficBackbone(nn.Module):
                 self.footprint if self.footprint and self.footprint.lanes else None,
                 ("lanes",),
             ),
+            "wide_map": (self.wide, ("sdf", "map_frame")),
         }
         given = {"feature_frame": feature_frame, "sdf": sdf, "map_frame": map_frame, "lanes": lanes}
         for option, (module, keys) in needs.items():
@@ -436,6 +479,8 @@ class TrafficBackbone(nn.Module):
         phys = physical(x_in, feature_frame) if feature_frame is not None else None
         if self.footprint is not None:
             h = h + self.footprint(phys, map, sdf, map_frame, feature_frame, lanes)
+        if self.wide is not None:
+            h = h + self.wide(x_in, map, sdf, map_frame)
         h = h * mask[..., None]
         p = self.pair_encoding(x_in)
         if self.pose is not None:
@@ -456,7 +501,9 @@ class TrafficDenoiser(nn.Module):
 
     Options: ``hidden`` (H), ``heads``, ``layers`` (self/cross pairs), ``ff_mult``,
     ``map_width`` (CNN channels), ``distance_scale`` (RPE frequency scale), ``local_map``
-    (side of the road patch read at each agent's position, :class:`LocalMap`; 0 = none).
+    (side of the road patch read at each agent's position, :class:`LocalMap`; 0 = none),
+    ``pair_pose`` (:class:`PairPose`), ``footprint`` and ``lanes`` (:class:`Footprint`),
+    ``wide_map`` (``[k, spacing]``, :class:`WideMap`; off by default).
     """
 
     def __init__(self, **options):
@@ -500,9 +547,10 @@ class TrafficClassifier(nn.Module):
     @property
     def can_stack(self) -> bool:
         """Whether :meth:`stacked_forward` covers this network's options: not yet the
-        agent-frame additions (pair poses, footprint), whose stacks take the per-classifier
-        path of :mod:`genneg.stacking`."""
-        return self.backbone.pose is None and self.backbone.footprint is None
+        agent-frame additions (pair poses, footprint, wide map), whose stacks take the
+        per-classifier path of :mod:`genneg.stacking`."""
+        bb = self.backbone
+        return bb.pose is None and bb.footprint is None and bb.wide is None
 
     def stacked_forward(
         self, params, buffers, x_in, c_noise, cache, mask=None, map=None, map_frame=None, **_

@@ -320,6 +320,44 @@ def test_footprint_points_and_reads_in_the_map_frame():
     assert torch.allclose(reads[0, 0, 0], torch.ones(6))  # all on the drivable side
 
 
+def test_wide_map_reads_raster_and_distance_spacing_pixels_apart():
+    """A 3 x 3 grid two pixels apart, centred on a pixel centre, reads exactly the pixels two
+    away (raster +-1 and the signed distance / 4); points off the raster read 0; the module
+    joins the backbone's input embedding only when asked for."""
+    from genneg_traffic.dataset import map_frame
+    from genneg_traffic.features import Normalizer
+    from genneg_traffic.network import WideMap
+
+    R, window = 16, 80.0  # 5 m pixels over [-40, 40]^2
+    centres = -40 + 5 * (torch.arange(R) + 0.5)
+    sdf = centres[None, :].expand(R, R)[None, None].clone() / 2  # x / 2 metres: +- 18.75
+    raster = (sdf > 0).to(torch.uint8)
+    norm = Normalizer(mean=[5.0, -5.0] + [0.0] * 5, std=[10.0, 20.0] + [1.0] * 5)
+    centre = torch.tensor([centres[8], centres[5]])  # pixel (row 10, column 8), metres
+    corner = torch.tensor([centres[0], centres[0]])  # bottom-left pixel (row 15, column 0)
+    x_in = torch.zeros(1, 2, 7)
+    x_in[0, :, :2] = (torch.stack([centre, corner]) - torch.tensor([5.0, -5.0])) / torch.tensor(
+        [10.0, 20.0]
+    )
+    reads = WideMap(hidden=8, size=3, spacing=2).read(x_in, raster, sdf, map_frame(norm, window))
+    assert reads.shape == (1, 2, 2, 9)
+    cols = torch.tensor([6, 8, 10]).repeat(3)  # row-major: x varies fastest
+    want_sdf = (centres[cols] / 2 / 4).clamp(-2, 2)
+    assert torch.allclose(reads[0, 0, 1], want_sdf, atol=1e-5)
+    assert torch.allclose(reads[0, 0, 0], torch.where(centres[cols] > 0, 1.0, -1.0))
+    # bottom-left agent: the left column and the bottom row are off the raster
+    off = torch.tensor([1, 0, 0, 1, 0, 0, 1, 1, 1], dtype=torch.bool)
+    assert torch.all(reads[0, 1, :, off] == 0)
+    assert torch.all(reads[0, 1, 0, ~off] == -1)
+    with pytest.raises(ValueError, match="wide_map"):
+        WideMap(hidden=8, size=1)
+    assert TrafficDenoiser(**SMALL).backbone.wide is None
+    net = TrafficDenoiser(**SMALL, wide_map=[3, 2]).eval()
+    x, t, mask, raster = batch()
+    with pytest.raises(ValueError, match="wide_map needs cond"):
+        net(x, t, mask=mask, map=raster, map_frame=frame())
+
+
 def test_footprint_lane_reads_are_in_the_agents_frame():
     """A lane field travelling +y everywhere, offset linear in x: a car heading +y reads
     direction (1, 0) relative to itself, one heading -x reads (cos, sin) of -90 deg = (0, -1);
