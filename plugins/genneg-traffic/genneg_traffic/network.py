@@ -236,9 +236,7 @@ class WideMap(nn.Module):
         step = 2 * self.spacing * k / R  # grid_sample units: 2 / R per pixel
         du, dv = torch.meshgrid(step, step, indexing="xy")
         grid = torch.stack([u[..., None] + du.reshape(-1), v[..., None] + dv.reshape(-1)], -1)
-        chans = torch.cat(
-            [raster.to(x_in.dtype) * 2 - 1, (sdf.to(x_in.dtype) / 4).clamp(-2, 2)], 1
-        )
+        chans = torch.cat([raster.to(x_in.dtype) * 2 - 1, (sdf.to(x_in.dtype) / 4).clamp(-2, 2)], 1)
         out = F.grid_sample(chans, grid, align_corners=False, padding_mode="zeros")
         return out.permute(0, 2, 1, 3)  # [B, C, A, P] -> [B, A, C, P]
 
