@@ -16,6 +16,7 @@ CASES = [
     ("euler-maruyama", EDMProcess(), 400),
     ("ddim", VPProcess(VPConfig(timesteps=1000)), 100),
     ("ddpm", VPProcess(VPConfig(timesteps=1000)), 1000),
+    ("ddpm-langevin", VPProcess(VPConfig(timesteps=1000)), 1000),
 ]
 
 
@@ -79,3 +80,27 @@ class TestDDPMContract(SamplerContract):
     sampler = samplers.ddpm_ancestral
     process = VPProcess(VPConfig(timesteps=100))
     steps = 100
+
+
+def test_langevin_correctors_undo_ddpm_discretisation_error():
+    """At 100 DDPM steps the "fixed small" posterior variance under-disperses Gaussian data
+    (the predictor ignores the spread of x0 given x_t): std ratio ~0.96 with the exact
+    denoiser. One Langevin corrector per level (ddpm-langevin's default, snr 0.5) targets each
+    level's own marginal and brings the std back to within 1.5 % of the data's; with no
+    corrector it is DDPM itself, bit for bit."""
+    data = GaussianData(mu=0.0, s=1.0, dim=2)
+    proc = VPProcess(VPConfig(timesteps=100))
+    x = proc.sample_prior((40_000, 2), torch.Generator().manual_seed(0)).double()
+    sig = proc.sampling_sigmas()
+
+    def run(fn, **kw):
+        return fn(data.denoiser, x.clone(), sig, generator=torch.Generator().manual_seed(1), **kw)
+
+    ddpm = run(samplers.ddpm_ancestral)
+    pc = run(samplers.ddpm_langevin)
+    assert ddpm.std().item() < 0.975  # the predictor alone: about 0.96
+    assert pc.std().item() == pytest.approx(1.0, abs=0.015)
+    assert abs(pc.mean().item()) < 5 / math.sqrt(pc.numel())
+    assert torch.equal(run(samplers.ddpm_langevin, correctors=0), ddpm)
+    with pytest.raises(ValueError, match="snr"):
+        run(samplers.ddpm_langevin, snr=0.0)

@@ -132,32 +132,82 @@ def ddim(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, progr
     return x
 
 
+def _ddpm_step(denoiser, x, s_cur: float, s_next: float, cond, generator):
+    """One ancestral step of DDPM (Ho et al. 2020, Alg. 2) from ``s_cur`` to ``s_next`` with the
+    "fixed small" posterior variance, in float64 coefficients: ``alphas_cumprod`` follow from
+    the sigmas (``abar = 1 / (1 + sigma^2)``), and the beta of a respaced schedule from their
+    ratio, as improved-diffusion's ``space_timesteps`` computes it."""
+    a_cur = 1.0 / (1.0 + s_cur**2)
+    a_prev = 1.0 / (1.0 + s_next**2)
+    beta = 1.0 - a_cur / a_prev
+    x0 = _denoise(denoiser, x, s_cur, cond)
+    x_vp = x * math.sqrt(a_cur)
+    # q(x_{t-1} | x_t, x0): mean coefficients and variance (Ho et al. Eqs. 6-7).
+    coef_x0 = beta * math.sqrt(a_prev) / (1.0 - a_cur)
+    coef_xt = (1.0 - a_prev) * math.sqrt(1.0 - beta) / (1.0 - a_cur)
+    mean = coef_x0 * x0 + coef_xt * x_vp
+    if s_next == 0:
+        return mean
+    var = beta * (1.0 - a_prev) / (1.0 - a_cur)
+    x_vp = mean + math.sqrt(var) * _noise(x, generator)
+    return x_vp / math.sqrt(a_prev)
+
+
 @torch.no_grad()
 def ddpm_ancestral(
     denoiser, x, sigmas, *, cond=None, generator=None, callback=None, progress=False
 ):
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) with the "fixed small" posterior
-    variance, in DDPM's own float64 arithmetic. ``alphas_cumprod`` follow from the sigmas
-    (``abar = 1 / (1 + sigma^2)``), and betas of a respaced schedule from their ratios, as
-    improved-diffusion's ``space_timesteps`` computes them."""
+    variance, in DDPM's own float64 arithmetic (:func:`_ddpm_step`)."""
     sig = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     for i in _steps(sig, progress):
         s_cur, s_next = float(sig[i]), float(sig[i + 1])
-        a_cur = 1.0 / (1.0 + s_cur**2)
-        a_prev = 1.0 / (1.0 + s_next**2)
-        beta = 1.0 - a_cur / a_prev
-        x0 = _denoise(denoiser, x, s_cur, cond)
-        x_vp = x * math.sqrt(a_cur)
-        # q(x_{t-1} | x_t, x0): mean coefficients and variance (Ho et al. Eqs. 6-7).
-        coef_x0 = beta * math.sqrt(a_prev) / (1.0 - a_cur)
-        coef_xt = (1.0 - a_prev) * math.sqrt(1.0 - beta) / (1.0 - a_cur)
-        mean = coef_x0 * x0 + coef_xt * x_vp
-        if s_next > 0:
-            var = beta * (1.0 - a_prev) / (1.0 - a_cur)
-            x_vp = mean + math.sqrt(var) * _noise(x, generator)
-            x = x_vp / math.sqrt(a_prev)
-        else:
-            x = mean
+        x = _ddpm_step(denoiser, x, s_cur, s_next, cond, generator)
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": s_next})
+    return x
+
+
+@torch.no_grad()
+def ddpm_langevin(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    cond=None,
+    generator=None,
+    callback=None,
+    progress=False,
+    snr=0.5,
+    correctors=1,
+    corrector_sigma_max=float("inf"),
+):
+    """Predictor-corrector sampling (Song et al. 2021, Sec. 4.2 and Alg. 5): every DDPM
+    ancestral step (:func:`_ddpm_step`, the predictor) is followed, at its new level ``sigma``
+    (if ``0 < sigma <= corrector_sigma_max``), by ``correctors`` steps of Langevin MCMC on that
+    level's own density, ``x <- x + eps * score + sqrt(2 eps) z`` with the score
+    ``(D(x; sigma) - x) / sigma^2``. The correctors leave the target (the model's marginal at
+    each level) unchanged and undo part of the predictor's discretisation error; they cost
+    ``correctors`` more denoiser evaluations per level.
+
+    Step size: Song et al. set ``eps = 2 (r |z| / |score|)^2`` per sample for a signal-to-noise
+    ratio ``r = snr``; here the score's norm is taken as its value under the level's own noise,
+    ``|z| / sigma``, so ``eps = 2 r^2 sigma^2`` (in ``x = x0 + sigma n`` units): no norm over
+    padded elements (masked agents) enters the step, and every sample of a batch moves alike.
+    """
+    if correctors < 0 or snr <= 0:
+        raise ValueError(
+            f"ddpm-langevin needs correctors >= 0 and snr > 0, got {correctors}, {snr}"
+        )
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+    for i in _steps(sig, progress):
+        s_cur, s_next = float(sig[i]), float(sig[i + 1])
+        x = _ddpm_step(denoiser, x, s_cur, s_next, cond, generator)
+        if 0 < s_next <= corrector_sigma_max:
+            eps = 2.0 * snr**2 * s_next**2
+            for _ in range(correctors):
+                score = (_denoise(denoiser, x, s_next, cond) - x) / s_next**2
+                x = x + eps * score + math.sqrt(2.0 * eps) * _noise(x, generator)
         if callback is not None:
             callback({"i": i, "x": x, "sigma": s_next})
     return x
@@ -169,4 +219,5 @@ BUILTIN_SAMPLERS = {
     "euler-maruyama": euler_maruyama,
     "ddim": ddim,
     "ddpm": ddpm_ancestral,
+    "ddpm-langevin": ddpm_langevin,
 }
