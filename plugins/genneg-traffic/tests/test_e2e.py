@@ -22,6 +22,7 @@ def test_registered_components():
     # infraction on SUMO traffic is scored on the held-out city (Braunschweig)
     for name in ("traffic-sumo", "traffic-sumo-agent", "traffic-sumo-agent-stacked"):
         assert reg.get("presets", name)().eval.condition_split == "test"
+        assert reg.get("presets", name)().sampling.sampler == "ddpm-langevin"
     assert reg.get("presets", "traffic")().eval.condition_split == "train"
     joint = reg.get("presets", "traffic-sumo-agent-joint")()
     assert joint.classifier.network.name == "traffic-agent"
