@@ -171,6 +171,19 @@ def map_positions(h: int, w: int, hidden: int, device) -> torch.Tensor:
     return pos.reshape(h * w, hidden)
 
 
+def patch_grid(x_in, frame, raster_size: int, size: int, spacing: float = 1.0):
+    """``[B, A, k*k, 2]`` ``grid_sample`` coordinates of a ``k x k`` grid of points ``spacing``
+    pixels apart centred on each agent's position ``x_in[..., :2]`` (model units, mapped to the
+    raster by ``frame``, ``cond["map_frame"]``), row-major from the top-left point."""
+    a_x, b_x, a_y, b_y = frame.to(x_in.dtype).unbind(-1)[:4]  # [B] each
+    u = a_x[:, None] * x_in[..., 0] + b_x[:, None]  # [B, A], -1 = left edge
+    v = a_y[:, None] * x_in[..., 1] + b_y[:, None]  # [B, A], -1 = top row
+    k = torch.arange(size, device=x_in.device, dtype=x_in.dtype) - (size - 1) / 2
+    step = 2 * spacing * k / raster_size  # grid_sample units: 2 / R per pixel
+    du, dv = torch.meshgrid(step, step, indexing="xy")
+    return torch.stack([u[..., None] + du.reshape(-1), v[..., None] + dv.reshape(-1)], dim=-1)
+
+
 class LocalMap(nn.Module):
     """The road around each agent: a ``k x k`` patch of the raster, one point per pixel,
     centred on the agent's (noisy) position and read by bilinear interpolation
@@ -193,15 +206,7 @@ class LocalMap(nn.Module):
     def patch(self, x_in: torch.Tensor, raster: torch.Tensor, frame: torch.Tensor):
         """``[B, A, k*k]``: the raster (drivable +1, not drivable -1, outside 0) at the ``k x k``
         pixel-spaced points centred on each agent, row-major from the top-left point."""
-        R = raster.shape[-1]
-        a_x, b_x, a_y, b_y = frame.to(x_in.dtype).unbind(-1)[:4]  # [B] each
-        u = a_x[:, None] * x_in[..., 0] + b_x[:, None]  # [B, A], -1 = left edge
-        v = a_y[:, None] * x_in[..., 1] + b_y[:, None]  # [B, A], -1 = top row
-        k = torch.arange(self.size, device=x_in.device, dtype=x_in.dtype) - (self.size - 1) / 2
-        du, dv = torch.meshgrid(2 * k / R, 2 * k / R, indexing="xy")  # one pixel apart
-        grid = torch.stack(
-            [u[..., None] + du.reshape(-1), v[..., None] + dv.reshape(-1)], dim=-1
-        )  # [B, A, k*k, 2]
+        grid = patch_grid(x_in, frame, raster.shape[-1], self.size)  # one pixel apart
         img = raster.to(x_in.dtype) * 2 - 1  # {0, 1} -> {-1, 1}; outside the raster: 0
         return F.grid_sample(img, grid, align_corners=False, padding_mode="zeros")[:, 0]
 
@@ -228,14 +233,7 @@ class WideMap(nn.Module):
     def read(self, x_in, raster, sdf, frame) -> torch.Tensor:
         """``[B, A, 2, k*k]``: raster and scaled signed distance at the grid points, row-major
         from the top-left point."""
-        R = raster.shape[-1]
-        a_x, b_x, a_y, b_y = frame.to(x_in.dtype).unbind(-1)[:4]
-        u = a_x[:, None] * x_in[..., 0] + b_x[:, None]
-        v = a_y[:, None] * x_in[..., 1] + b_y[:, None]
-        k = torch.arange(self.size, device=x_in.device, dtype=x_in.dtype) - (self.size - 1) / 2
-        step = 2 * self.spacing * k / R  # grid_sample units: 2 / R per pixel
-        du, dv = torch.meshgrid(step, step, indexing="xy")
-        grid = torch.stack([u[..., None] + du.reshape(-1), v[..., None] + dv.reshape(-1)], -1)
+        grid = patch_grid(x_in, frame, raster.shape[-1], self.size, self.spacing)
         chans = torch.cat([raster.to(x_in.dtype) * 2 - 1, (sdf.to(x_in.dtype) / 4).clamp(-2, 2)], 1)
         out = F.grid_sample(chans, grid, align_corners=False, padding_mode="zeros")
         return out.permute(0, 2, 1, 3)  # [B, C, A, P] -> [B, A, C, P]
