@@ -14,10 +14,10 @@ from genneg import config as config_mod
 from genneg.bench import rejection
 
 
-def reduce_config(cfg, fraction: float = 0.25, iterations: int = 2):
+def reduce_config(cfg, fraction: float = 0.25, iterations: int = 2, device: str = "cpu"):
     """``cfg`` with every training loop, synthetic set and evaluation scaled down by
-    ``fraction`` (and at most ``iterations`` Gen-neG iterations, always distilled), on the
-    CPU: the quality benchmark's fixed budget."""
+    ``fraction`` (and at most ``iterations`` Gen-neG iterations, always distilled), on
+    ``device`` (the CPU by default): the quality benchmark's fixed budget."""
 
     def steps(train, lo=20):
         return attrs.evolve(
@@ -31,7 +31,7 @@ def reduce_config(cfg, fraction: float = 0.25, iterations: int = 2):
     return attrs.evolve(
         cfg,
         name=f"{cfg.name}-bench",
-        device="cpu",
+        device=device,
         baseline_from="",
         baseline=steps(cfg.baseline),
         iterations=min(cfg.iterations, iterations) or 1,
@@ -114,6 +114,7 @@ def quality(preset: str, report, *, registry=None, run_dir=None, cfg=None, **red
         "quality-run",
         preset=preset,
         source=source,
+        device=info["config"].device,
         seconds=seconds,
         run_dir=str(run_dir),
         stopped=info["stopped"],

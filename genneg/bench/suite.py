@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from genneg.bench import busy, domain, quality
+from genneg.bench import busy, domain, gpu, quality
 from genneg.bench.report import Report
 from genneg.bench.timing import matmul_flops
 from genneg.threads import configure as configure_threads
@@ -50,6 +50,7 @@ def run_suite(
     device: str = "cpu",
     threads: int | None = 1,
     threading_steps: int = 0,
+    gpu_batch: int = 65536,
     log=print,
 ) -> Report:
     """Run every benchmark; returns the :class:`Report`.
@@ -61,6 +62,9 @@ def run_suite(
         infraction rates of the rejection comparison) of their domain instead.
     :param threading_steps: training steps of the threading case (:mod:`genneg.bench.busy`,
         fresh processes alone and beside a busy one); ``0`` skips it.
+    :param gpu_batch: on a CUDA ``device``, the batch of the GPU sampler case
+        (:mod:`genneg.bench.gpu`: fp32, TF32 and bf16, the trained models of each domain's
+        quality run where there is one); ``0`` skips it.
     """
     from genneg.plugins import get_registry
 
@@ -108,6 +112,7 @@ def run_suite(
         log(f"benchmark case {name} [{entry.plugin}] in {time.perf_counter() - t0:.1f} s")
 
     # Quality and rejection: from run directories where given, else reduced runs.
+    trained = {}  # plugin -> the run directory its quality came from
     given = {}  # plugin -> run directory of the family whose preset has the run's oracle
     for run_dir in run_dirs:
         oracle = quality.read_run(run_dir)["config"].oracle.name
@@ -132,11 +137,27 @@ def run_suite(
                 registry=registry,
                 run_dir=given.get(plugin),
                 cfg=registry.get("presets", preset)(),
-                **(reduce or {}),
+                **{"device": device, **(reduce or {})},
             )
+            trained[plugin] = info["run_dir"]
             quality.versus_rejection(preset, report, info["rows"])
         except Exception as exc:
             report.error(f"{preset}/quality", exc)
         log(f"{preset}: quality in {time.perf_counter() - t0:.1f} s")
+    if gpu_batch and torch.device(device).type == "cuda":
+        for plugin, preset in families.items():
+            report.plugin = plugin
+            t0 = time.perf_counter()
+            try:
+                if plugin in trained:
+                    gpu.bench_run_dir(
+                        trained[plugin], report, registry=registry, device=device, batch=gpu_batch
+                    )
+                else:
+                    cfg = registry.get("presets", preset)()
+                    gpu.bench_preset(preset, cfg, registry, report, device=device, batch=gpu_batch)
+            except Exception as exc:
+                report.error(f"{preset}/gpu", exc)
+            log(f"{preset}: GPU sampler in {time.perf_counter() - t0:.1f} s")
     report.meta["seconds"] = time.perf_counter() - t_start
     return report

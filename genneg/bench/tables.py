@@ -158,6 +158,7 @@ def markdown(report) -> str:
         for r in report.find("quality-run"):
             out.append(
                 f"- {r['preset']}: {r['source']} in {r['seconds']:.0f} s"
+                + (f" on {r['device']}" if r.get("device", "cpu") != "cpu" else "")
                 + (f"; the loop stopped early: {r['stopped']}" if r["stopped"] else "")
             )
         out.append("")
@@ -189,7 +190,70 @@ def markdown(report) -> str:
             )
         )
         out.append("")
+    gpu = report.find("gpu-sampler")
+    if gpu:
+        info = m.get("gpu_sampler", {})
+        peaks = info.get("matmul_peaks", {})
+        out += [
+            f"**GPU sampler** ({info.get('device')}; one sampler call of the whole batch,"
+            " all steps; % of peak: of the measured 8192³ matmul at that precision "
+            "(" + ", ".join(f"{k} {v / 1e12:.0f}" for k, v in peaks.items()) + " TFLOP/s) and"
+            " of the datasheet's dense rate; error: relative RMS of one evaluation against"
+            " fp32; Δ infraction in standard errors from fp32's)",
+            "",
+        ]
+        out.append(
+            _table(
+                [
+                    "preset",
+                    "models from",
+                    "model",
+                    "precision",
+                    "batch",
+                    "NFE",
+                    "samples/s",
+                    "TFLOP/s",
+                    "% matmul",
+                    "% datasheet",
+                    "error",
+                    "infraction %",
+                    "Δ (s.e.)",
+                    "GPU MiB",
+                ],
+                [
+                    [
+                        r["preset"],
+                        "trained run" if r["source"] != "untrained" else "untrained",
+                        r["model"],
+                        r["precision"],
+                        r["batch"],
+                        r["nfe_per_sample"],
+                        _num(r["samples_per_s"]),
+                        _num(r["achieved_flops"] / 1e12),
+                        _num(100 * r["fraction_of_matmul_peak"], ".2g"),
+                        _num(
+                            100 * r["fraction_of_datasheet_peak"]
+                            if r["fraction_of_datasheet_peak"]
+                            else None,
+                            ".2g",
+                        ),
+                        _num(r["eval_rel_error_vs_fp32"], ".1e"),
+                        _num(100 * r["infraction"] if r["infraction"] is not None else None, ".3g")
+                        + (
+                            f" ± {100 * r['infraction_se']:.2g}"
+                            if r["infraction_se"] is not None
+                            else ""
+                        ),
+                        _num(r["infraction_diff_in_se"], ".2f"),
+                        _num(r.get("peak_cuda_mib"), ".0f"),
+                    ]
+                    for r in gpu
+                ],
+            )
+        )
+        out.append("")
     known = {"oracle", "sampler", "train", "threads", "quality", "rejection", "data"}
+    known |= {"gpu-sampler"}
     other = [r for r in report.records if r["case"] not in known | {"quality-run"}]
     if other:
         out += ["**Other cases** (plugins' `register_benchmarks`)", ""]

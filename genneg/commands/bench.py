@@ -50,13 +50,23 @@ import click
     help="Training steps of the threading case (alone / beside a busy process); 0 skips it.",
 )
 @click.option(
+    "--gpu-batch",
+    type=int,
+    default=65536,
+    show_default=True,
+    help="With --device cuda: samples per sampler call of the GPU case (fp32, TF32, bf16); "
+    "0 skips it.",
+)
+@click.option(
     "--out",
     default="bench-results",
     show_default=True,
     type=click.Path(file_okay=False),
     help="Writes bench.json and bench.md here.",
 )
-def bench_cmd(presets, run_dirs, quality_presets, fraction, device, threads, threading_steps, out):
+def bench_cmd(
+    presets, run_dirs, quality_presets, fraction, device, threads, threading_steps, gpu_batch, out
+):
     """Benchmark oracles, samplers, training and quality of every installed plugin, and
     Gen-neG against rejection sampling."""
     from genneg.bench.suite import run_suite
@@ -73,6 +83,7 @@ def bench_cmd(presets, run_dirs, quality_presets, fraction, device, threads, thr
         device=device,
         threads=threads or None,
         threading_steps=threading_steps,
+        gpu_batch=gpu_batch,
         log=lambda m: click.echo(m, err=True),
     )
     js, md = report.write(out)
