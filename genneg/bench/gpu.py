@@ -141,6 +141,7 @@ class GpuSamplerBench:
         return p, math.sqrt(max(p * (1 - p), 1e-12) / len(valid))
 
     def flops_per_eval(self, model, rows: int = 256) -> float:
+        """FLOPs of one evaluation per sample (float32 count; the same at every precision)."""
         from genneg.bench.domain import _flops_per_sample
 
         cpu = torch.Generator().manual_seed(self.seed)
@@ -245,7 +246,8 @@ class GpuSamplerBench:
                     f"the measured matmul), error {error:.1e}, infraction {rate}"
                 )
                 del samples
-                torch.cuda.empty_cache() if self.device.type == "cuda" else None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
 
 
 def bench_preset(preset: str, cfg, registry, report, *, device="cuda", stack: int = 4, **kw):
