@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from genneg.bench.timing import peak_memory, sync
+from genneg.bench.timing import matmul_flops, peak_memory, sync
 from genneg.components import DataSplit
 from genneg.engine.sampling import CountingDenoiser, resample_conditions
 
@@ -77,20 +77,10 @@ def precision_mode(precision: str, device_type: str = "cuda"):
 
 
 def measured_peak(device, precision: str, n: int = 8192, repeat: int = 5) -> float:
-    """FLOP/s of an ``n``-cube matrix product at ``precision`` on ``device`` (best of
-    ``repeat`` after two warm-ups)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    best = float("inf")
+    """FLOP/s of an ``n``-cube matrix product at ``precision`` on ``device``
+    (:func:`genneg.bench.timing.matmul_flops` under :func:`precision_mode`)."""
     with precision_mode(precision, torch.device(device).type):
-        for i in range(repeat + 2):
-            sync(device)
-            t0 = time.perf_counter()
-            a @ b
-            sync(device)
-            if i >= 2:
-                best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
+        return matmul_flops(device, n=n, repeat=repeat)
 
 
 def _eval_once(model, x, sigma, cond):
@@ -121,12 +111,15 @@ class GpuSamplerBench:
         self.sigmas = exp.process.sampling_sigmas(cfg.sampling.steps or None)
         self.conditions = getattr(exp.splits, cfg.eval.condition_split)
 
+    def _conditions(self, n: int, generator) -> tuple[dict, tuple]:
+        """Conditions of ``n`` random rows (on the device) and the sample shape."""
+        cond, shape = resample_conditions(self.conditions, n, generator)
+        return {k: v.to(self.device) for k, v in cond.items()}, shape
+
     def draw(self, model, n: int, seed: int) -> tuple[DataSplit, int]:
         """``n`` samples of ``model`` in one sampler call (noise from a generator on the
         GPU); returns them and the network calls per sample."""
-        cpu = torch.Generator().manual_seed(seed)
-        cond, shape = resample_conditions(self.conditions, n, cpu)
-        cond = {k: v.to(self.device) for k, v in cond.items()}
+        cond, shape = self._conditions(n, torch.Generator().manual_seed(seed))
         gen = torch.Generator(device=self.device).manual_seed(seed)
         x = self.exp.process.sample_prior((n, *shape), gen, device=self.device)
         counting = CountingDenoiser(model)
@@ -145,8 +138,7 @@ class GpuSamplerBench:
         from genneg.bench.domain import _flops_per_sample
 
         cpu = torch.Generator().manual_seed(self.seed)
-        cond, shape = resample_conditions(self.conditions, rows, cpu)
-        cond = {k: v.to(self.device) for k, v in cond.items()}
+        cond, shape = self._conditions(rows, cpu)
         x = torch.randn((rows, *shape), generator=cpu).to(self.device)
         sigma = torch.full((rows,), float(self.sigmas[len(self.sigmas) // 2]), device=self.device)
         return _flops_per_sample(model, x, sigma, cond)

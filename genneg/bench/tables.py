@@ -252,8 +252,7 @@ def markdown(report) -> str:
             )
         )
         out.append("")
-    known = {"oracle", "sampler", "train", "threads", "quality", "rejection", "data"}
-    known |= {"gpu-sampler"}
+    known = {"oracle", "sampler", "train", "threads", "quality", "rejection", "data", "gpu-sampler"}
     other = [r for r in report.records if r["case"] not in known | {"quality-run"}]
     if other:
         out += ["**Other cases** (plugins' `register_benchmarks`)", ""]
