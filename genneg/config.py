@@ -17,6 +17,7 @@ import tomli_w
 from attrs import validators as v
 
 from genneg.errors import ConfigError
+from genneg.guidance import INPUTS
 from genneg.losses import ELEMENT_LOSSES, WEIGHTINGS
 
 __all__ = ["ClassifierConfig", "ComponentSpec", "ConfigError", "DistillConfig", "EvalConfig"]
@@ -135,6 +136,11 @@ class ClassifierConfig:
     #: its parameters whose name and shape match the baseline denoiser's (a shared backbone)
     #: start as the trained baseline's (:mod:`genneg.engine.warm_start`).
     init: str = attrs.field(default="scratch", validator=v.in_(("scratch", "baseline")))
+    #: What the network sees of ``x_t``: ``c_in`` (scaled like the denoiser's input, the
+    #: paper's), ``posterior-mean`` (``E[x0 | x_t]`` under a Gaussian data prior) or
+    #: ``denoised`` (the baseline's ``D(x_t)``); the last two make the guidance term decay
+    #: like the Bayes classifier's at high noise (:class:`genneg.guidance.TimeClassifier`).
+    input: str = attrs.field(default="c_in", validator=v.in_(INPUTS))
 
     @guidance_window.validator
     def _check_window(self, attribute, value):

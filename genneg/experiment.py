@@ -129,8 +129,11 @@ class Experiment:
         return net.to(self.device)
 
     def new_classifier(self) -> TimeClassifier:
-        """A fresh (untrained) guidance classifier, on the run's device."""
-        net = build.make_classifier(self.registry, self.cfg.classifier.network, self.process)
+        """A fresh (untrained) guidance classifier, on the run's device (with
+        ``classifier.input = "denoised"`` it reads :attr:`base`)."""
+        c = self.cfg.classifier
+        base = self.base if c.input == "denoised" else None
+        net = build.make_classifier(self.registry, c.network, self.process, c.input, base)
         return net.to(self.device)
 
     def guided(self, classifiers) -> GuidedDenoiser:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genneg.diffusion.shapes import broadcast, per_sample
+from genneg.diffusion.shapes import per_sample
 from genneg.guidance import TimeClassifier
 
 
@@ -58,7 +58,8 @@ def _signature(clf) -> tuple | None:
         for named in (net.named_parameters(), net.named_buffers())
         for n, t in named
     ]
-    return (type(net), id(clf.process), clf.granularity, tuple(tensors))
+    inputs = (clf.input, id(clf.denoiser))
+    return (type(net), id(clf.process), clf.granularity, inputs, tuple(tensors))
 
 
 def stackable(classifiers) -> bool:
@@ -92,6 +93,7 @@ class StackedClassifiers:
         first = self.classifiers[0]
         self.process = first.process
         self.granularity = first.granularity
+        self.first = first
         self.forward_fn = first.network.stacked_forward
         self.max_batch = getattr(first.network, "stack_max_batch", None)
         self._tensors = self._member_tensors()
@@ -132,7 +134,7 @@ class StackedClassifiers:
         self.refresh()
         sigma = per_sample(sigma, x)
         p = self.process
-        x_in = p.c_in(broadcast(sigma, x)) * x  # as TimeClassifier.forward, once for all K
+        x_in = self.first.network_input(x, sigma, cond)  # as TimeClassifier.forward, once for all K
         return self.forward_fn(
             self.params, self.buffers, x_in, p.c_noise(sigma), self.cache, **cond
         )

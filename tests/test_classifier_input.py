@@ -1,0 +1,216 @@
+"""The classifier's view of ``x_t`` (``classifier.input``): the closed-form scalings, their
+decay at high noise (the Bayes classifier's, by Tweedie's formula), the stacked path, errors,
+and a trained posterior-mean classifier against the closed-form Bayes classifier."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import nn
+
+from genneg.components import DataSplit
+from genneg.config import SynthConfig, TrainConfig
+from genneg.diffusion.edm import EDMConfig, EDMProcess
+from genneg.diffusion.samplers import edm_heun
+from genneg.diffusion.vp import VPConfig, VPProcess
+from genneg.engine.sampling import ModelSampler
+from genneg.engine.synth import draw_labelled
+from genneg.engine.train import train_classifier
+from genneg.guidance import GuidedDenoiser, TimeClassifier, classifier_input, data_scale
+from genneg.stacking import StackedClassifiers, stackable
+from tests.test_classifier_quality import DATA, HalfLine, SmallClassifier, bayes
+
+
+class Linear(nn.Module):
+    """``f(u) = a . u``: its input gradient is ``a`` whatever the input."""
+
+    granularity = "sample"
+
+    def __init__(self, dim=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.a = nn.Parameter(torch.randn(dim, generator=g, dtype=torch.float64))
+
+    def forward(self, x_in, c_noise, **cond):
+        return x_in @ self.a
+
+    def stacked_forward(self, params, buffers, x_in, c_noise, cache, **cond):
+        return torch.einsum("bd,kd->kb", x_in, params["a"])
+
+
+@pytest.mark.parametrize("process", [VPProcess(VPConfig(timesteps=100)), EDMProcess()])
+def test_posterior_mean_is_the_gaussian_posterior_mean(process):
+    sd = data_scale(process)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    sigma = torch.tensor([0.01, 0.1, 0.5, 1.0, 3.0, 30.0, 200.0], dtype=torch.float64)[:, None]
+    want = sd * x / (sd**2 + sigma**2)  # E[x0 | x] / sd for x0 ~ N(0, sd^2)
+    got = classifier_input(process, sigma, x, "posterior-mean")
+    torch.testing.assert_close(got, want)
+    c_in = classifier_input(process, sigma, x, "c_in")
+    torch.testing.assert_close(c_in, process.c_in(sigma) * x)
+    # both are x / sd at sigma -> 0
+    torch.testing.assert_close(got[0], c_in[0], rtol=1e-3, atol=0)
+
+
+def test_data_scale_of_the_processes():
+    assert data_scale(VPProcess()) == 1.0
+    assert data_scale(EDMProcess(EDMConfig(sigma_data=0.5))) == 0.5
+    assert data_scale(object()) == 1.0
+
+
+def test_guidance_term_decays_like_one_over_sigma_with_the_posterior_mean():
+    """``sigma |grad_x log C|`` (the guidance term in epsilon units, what the r-ELBO charges)
+    of one fixed linear logit: O(1) at every level through ``c_in``, <= |a| / 2 and ~ sd / sigma
+    |a| through the posterior mean."""
+    process = EDMProcess(EDMConfig(sigma_data=0.5))
+    net = Linear()
+    x = torch.zeros(1, 3, dtype=torch.float64)  # the logit's gradient is a; where does not matter
+    a = float(net.a.detach().norm())
+    for sigma in (0.5, 5.0, 50.0):
+        terms = {}
+        for kind in ("c_in", "posterior-mean"):
+            clf = TimeClassifier(net, process, kind).double()
+            xg = x.clone().requires_grad_(True)
+            s = torch.full((1,), sigma, dtype=torch.float64)
+            grad = torch.autograd.grad(clf(xg, s).sum(), xg)[0]
+            terms[kind] = sigma * float(grad.norm())
+        assert terms["c_in"] == pytest.approx(a * sigma / math.sqrt(sigma**2 + 0.25))
+        assert terms["posterior-mean"] == pytest.approx(a * 0.5 * sigma / (sigma**2 + 0.25))
+        assert terms["posterior-mean"] <= 0.5 * a + 1e-12
+    assert terms["posterior-mean"] < 0.01 * terms["c_in"]  # at sigma = 50
+
+
+def test_stacked_path_uses_the_members_input():
+    process = VPProcess(VPConfig(timesteps=100))
+    members = [
+        TimeClassifier(Linear(seed=s), process, "posterior-mean").eval().requires_grad_(False)
+        for s in (0, 1, 2)
+    ]
+    x = torch.randn(5, 3, dtype=torch.float64)
+    sigma = torch.tensor([0.1, 0.5, 2.0, 10.0, 100.0], dtype=torch.float64)
+    loop = GuidedDenoiser(lambda x, s, **c: x, members, batched=False).guidance(x, sigma)
+    batched = GuidedDenoiser(lambda x, s, **c: x, members, batched=True).guidance(x, sigma)
+    torch.testing.assert_close(batched, loop, rtol=1e-10, atol=1e-12)
+    want = sum(m.log_prob(x, sigma) for m in members)
+    torch.testing.assert_close(StackedClassifiers(members).log_prob(x, sigma), want)
+    mixed = [*members[:2], TimeClassifier(Linear(seed=3), process).eval()]
+    assert not stackable(mixed)  # another input: not one batched network
+
+
+def test_denoised_input_reads_the_denoiser_and_keeps_it_out_of_the_state_dict():
+    process = VPProcess(VPConfig(timesteps=100))
+    w = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+
+    def denoiser(x, sigma, **cond):  # a linear "denoiser": D(x) = x * w / (1 + sigma)
+        return x * w / (1 + sigma[:, None])
+
+    members = [
+        TimeClassifier(Linear(seed=s), process, "denoised", denoiser).eval().requires_grad_(False)
+        for s in (0, 1)
+    ]
+    assert set(members[0].state_dict()) == {"network.a"}
+    x = torch.randn(4, 3, dtype=torch.float64)
+    sigma = torch.tensor([0.1, 1.0, 10.0, 100.0], dtype=torch.float64)
+    want = x * w / (1 + sigma[:, None]) @ members[0].network.a
+    torch.testing.assert_close(members[0](x, sigma), want)
+    xg = x.clone().requires_grad_(True)
+    grad = torch.autograd.grad(members[0].log_prob(xg, sigma).sum(), xg)[0]
+    c = torch.sigmoid(-want)  # d log sigmoid(f) / df = 1 - sigmoid(f)
+    torch.testing.assert_close(grad, c[:, None] * w * members[0].network.a / (1 + sigma[:, None]))
+    loop = GuidedDenoiser(denoiser, members, batched=False).guidance(x, sigma)
+    batched = GuidedDenoiser(denoiser, members, batched=True).guidance(x, sigma)
+    torch.testing.assert_close(batched, loop, rtol=1e-10, atol=1e-12)
+    other = TimeClassifier(Linear(seed=2), process, "denoised", lambda x, s, **c: x).eval()
+    assert not stackable([*members, other])  # another denoiser: not one batched network
+
+
+def test_unknown_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown classifier input 'sqrt'"):
+        TimeClassifier(Linear(), EDMProcess(), "sqrt")
+    with pytest.raises(ValueError, match="choose from"):
+        classifier_input(EDMProcess(), torch.ones(1), torch.ones(1), "sqrt")
+    with pytest.raises(ValueError, match="needs the baseline denoiser"):
+        TimeClassifier(Linear(), EDMProcess(), "denoised")
+
+
+def test_config_rejects_an_unknown_input():
+    from genneg import config as config_mod
+
+    base = config_mod.from_dict(
+        {
+            "name": "x",
+            "dataset": {"name": "d"},
+            "oracle": {"name": "o"},
+            "denoiser": {"name": "n"},
+            "classifier": {"network": {"name": "c"}, "input": "posterior-mean"},
+        }
+    )
+    assert base.classifier.input == "posterior-mean"
+    with pytest.raises(Exception, match="input"):
+        config_mod.from_dict(
+            {
+                "name": "x",
+                "dataset": {"name": "d"},
+                "oracle": {"name": "o"},
+                "denoiser": {"name": "n"},
+                "classifier": {"network": {"name": "c"}, "input": "sqrt"},
+            }
+        )
+
+
+@pytest.mark.parametrize("kind", ["posterior-mean", "denoised"])
+def test_trained_classifier_targets_the_truncated_base(kind):
+    """The pipeline of tests/test_classifier_quality.py (Gaussian base, halfspace oracle,
+    Algorithm 1's synthetic set, Eq. 13) with the posterior-mean or denoised input (the exact
+    Gaussian denoiser, whose output is the ``m`` of :func:`bayes`): the trained classifier
+    is within 0.05 of the closed-form Bayes classifier at the sampler's levels, its guidance
+    term in epsilon units on valid data is close to the Bayes classifier's, and the guided
+    samples follow the base truncated to the valid set (Theorem 1)."""
+    torch.manual_seed(0)
+    process = EDMProcess()
+    sampler = ModelSampler(edm_heun, process, 32, {}, DataSplit(x=torch.zeros(1, 1)), 4000)
+    synth = draw_labelled(
+        sampler,
+        DATA.denoiser,
+        HalfLine(),
+        "halfline",
+        SynthConfig(n_per_class=3000, max_samples=40_000),
+        keep_natural=False,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
+    )
+    denoiser = DATA.denoiser if kind == "denoised" else None
+    clf = TimeClassifier(SmallClassifier(), process, kind, denoiser)
+    train_classifier(
+        clf,
+        synth,
+        weighting="is",
+        process=process,
+        train=TrainConfig(steps=2000, batch_size=512, lr=3e-3, log_every=2000),
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+    )
+    clf.eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(4)
+    x0 = DATA.sample(4000, g)
+    x0 = x0[x0[:, 0] > 0]  # valid data, where Corollary 1.1 and the r-ELBO look
+    for sigma in process.sampling_sigmas(32)[:-1].tolist():
+        xt = (x0 + sigma * torch.randn(x0.shape, generator=g)).requires_grad_(True)
+        s = torch.full((len(xt),), sigma)
+        logc = F.logsigmoid(clf(xt, s))
+        exact = torch.log(bayes(xt, torch.tensor(sigma)).clamp_min(1e-30))
+        grad = torch.autograd.grad(logc.sum(), xt)[0]
+        grad_exact = torch.autograd.grad(exact.sum(), xt)[0]
+        assert float((logc.exp() - exact.exp()).detach().abs().mean()) < 0.05, sigma
+        term, term_exact = sigma * grad, sigma * grad_exact
+        assert float((term - term_exact).abs().mean()) < 0.05 + 0.2 * float(term_exact.abs().mean())
+    sigmas = process.sampling_sigmas(32)
+    guided = edm_heun(
+        GuidedDenoiser(DATA.denoiser, [clf]), process.sample_prior((3000, 1), g), sigmas
+    )
+    ref = DATA.sample(20_000, g)
+    ref = ref[ref[:, 0] > 0][:3000]
+    assert stats.ks_2samp(guided[:, 0].numpy(), ref[:, 0].numpy()).pvalue > 0.01
+    assert float((guided[:, 0] <= 0).float().mean()) < 0.02
