@@ -138,8 +138,9 @@ class ClassifierConfig:
     init: str = attrs.field(default="scratch", validator=v.in_(("scratch", "baseline")))
     #: What the network sees of ``x_t``: ``c_in`` (scaled like the denoiser's input, the
     #: paper's), ``posterior-mean`` (``E[x0 | x_t]`` under a Gaussian data prior) or
-    #: ``denoised`` (the baseline's ``D(x_t)``); the last two make the guidance term decay
-    #: like the Bayes classifier's at high noise (:class:`genneg.guidance.TimeClassifier`).
+    #: ``tapered`` (``c_in`` up to the data scale, then the posterior mean's decay); the last
+    #: two make the guidance term decay like the Bayes classifier's at high noise
+    #: (:func:`genneg.guidance.classifier_input`).
     input: str = attrs.field(default="c_in", validator=v.in_(INPUTS))
 
     @guidance_window.validator

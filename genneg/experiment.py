@@ -129,11 +129,9 @@ class Experiment:
         return net.to(self.device)
 
     def new_classifier(self) -> TimeClassifier:
-        """A fresh (untrained) guidance classifier, on the run's device (with
-        ``classifier.input = "denoised"`` it reads :attr:`base`)."""
+        """A fresh (untrained) guidance classifier, on the run's device."""
         c = self.cfg.classifier
-        base = self.base if c.input == "denoised" else None
-        net = build.make_classifier(self.registry, c.network, self.process, c.input, base)
+        net = build.make_classifier(self.registry, c.network, self.process, c.input)
         return net.to(self.device)
 
     def guided(self, classifiers) -> GuidedDenoiser:

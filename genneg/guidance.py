@@ -17,9 +17,9 @@ from genneg.diffusion.shapes import broadcast, per_sample
 #: How a classifier's network sees ``x = x0 + sigma eps`` (``classifier.input``):
 #: ``c_in``: scaled like the denoiser's input, ``c_in(sigma) x`` (unit variance at every level;
 #: the paper's); ``posterior-mean``: the posterior mean of ``x0`` under the process' Gaussian
-#: data prior, in data-scale units (:func:`classifier_input`); ``denoised``: the baseline
-#: denoiser's ``D(x; sigma) ~ E[x0 | x]`` (:meth:`TimeClassifier.network_input`).
-INPUTS = ("c_in", "posterior-mean", "denoised")
+#: data prior, in data-scale units; ``tapered``: ``c_in`` up to ``sigma = sigma_d``, then
+#: decaying like the posterior mean (:func:`classifier_input`).
+INPUTS = ("c_in", "posterior-mean", "tapered")
 
 
 def data_scale(process) -> float:
@@ -34,6 +34,9 @@ def classifier_input(process, sigma: torch.Tensor, x: torch.Tensor, kind: str = 
     ``c_in``: ``c_in(sigma) x``. ``posterior-mean``: ``E[x0 | x] / sigma_d`` for
     ``x0 ~ N(0, sigma_d^2)``, i.e. ``sigma_d x / (sigma_d^2 + sigma^2) = sigma_d c_in(sigma)^2 x``
     (the same as ``c_in`` times ``sigma_d c_in(sigma)``, which is 1 at ``sigma = 0``).
+    ``tapered``: ``c_in(sigma) min(1, sigma_d / sigma) x``: the paper's input up to the data
+    scale and the posterior mean's ``1 / sigma`` decay of the guidance term above it (both
+    within a factor sqrt(2) of each other there).
 
     Why it exists: the Bayes classifier's guidance term in epsilon units is, by Tweedie's
     formula, ``sigma grad_x log p(y | x) = (E[x0 | x, y] - E[x0 | x]) / sigma``, which vanishes
@@ -44,57 +47,40 @@ def classifier_input(process, sigma: torch.Tensor, x: torch.Tensor, kind: str = 
     ``|grad_u| / 2`` (at ``sigma = sigma_d``) and ``O(1 / sigma)``, as the Bayes classifier's.
     A network that reads positions from its input (the traffic network's map reads) reads them
     at the posterior-mean position, which at high noise is the data's mean."""
-    if kind not in ("c_in", "posterior-mean"):
-        raise ValueError(f"unknown classifier input {kind!r}; choose from c_in, posterior-mean")
+    if kind not in INPUTS:
+        raise ValueError(f"unknown classifier input {kind!r}; choose from {INPUTS}")
     c = process.c_in(sigma)
     if kind == "posterior-mean":
         c = data_scale(process) * c * c
+    elif kind == "tapered":
+        c = c * (data_scale(process) / sigma).clamp(max=1.0)
     return c * x
 
 
 class TimeClassifier(nn.Module):
     """A classifier network with its noise process' input scaling: ``C(x; sigma)``.
 
-    The network sees ``c_noise(sigma)`` and what ``input`` says of ``x``
-    (:meth:`network_input`): by default ``c_in(sigma) * x``, like the denoiser does.
-    ``input="denoised"`` needs ``denoiser``, the (frozen) baseline ``D(x, sigma, **cond)``;
-    it is held by reference, not as a submodule, so the classifier's ``state_dict`` and
-    checkpoints hold the classifier's own weights only.
+    The network sees ``c_noise(sigma)`` and ``x`` scaled as ``input`` says
+    (:func:`classifier_input`): by default ``c_in(sigma) * x``, like the denoiser does.
     """
 
-    def __init__(self, network: nn.Module, process, input: str = "c_in", denoiser=None):
+    def __init__(self, network: nn.Module, process, input: str = "c_in"):
         super().__init__()
         if input not in INPUTS:
             raise ValueError(f"unknown classifier input {input!r}; choose from {INPUTS}")
-        if input == "denoised" and denoiser is None:
-            raise ValueError("classifier input 'denoised' needs the baseline denoiser")
         self.network = network
         self.process = process
         self.granularity = network.granularity
         self.input = input
-        object.__setattr__(self, "denoiser", denoiser if input == "denoised" else None)
 
-    def network_input(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-        """What the network sees of ``x`` at the per-sample levels ``sigma``: the scalings of
-        :func:`classifier_input`, or with ``input="denoised"`` the baseline's estimate of the
-        clean sample, ``D(x; sigma) / sigma_d`` (differentiable in ``x``: guidance goes through
-        the denoiser's Jacobian).
-
-        Why ``denoised``: the Bayes classifier depends on ``x`` through what it says of
-        ``x0``; ``D`` is the model's best estimate of it, so map reads happen where the
-        model puts the cars, and its Jacobian, ``Cov[x0 | x] / sigma^2`` for the exact
-        denoiser, makes the guidance term in epsilon units decay like ``1 / sigma`` at high
-        noise, as the Bayes classifier's does (:func:`classifier_input`), while at low noise
-        ``D(x) ~ x``."""
-        if self.input != "denoised":
-            return classifier_input(self.process, broadcast(sigma, x), x, self.input)
-        return self.denoiser(x, sigma, **cond) / data_scale(self.process)
+    def network_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """What the network sees of ``x`` at the per-sample levels ``sigma``."""
+        return classifier_input(self.process, broadcast(sigma, x), x, self.input)
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         """Logits ``[B]`` (per sample) or ``[B, N]`` (per element)."""
         sigma = per_sample(sigma, x)
-        x_in = self.network_input(x, sigma, cond)
-        return self.network(x_in, self.process.c_noise(sigma), **cond)
+        return self.network(self.network_input(x, sigma), self.process.c_noise(sigma), **cond)
 
     def log_prob(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         """``log C(x; sigma)`` per sample ``[B]``; per-element classifiers sum over the real

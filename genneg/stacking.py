@@ -58,8 +58,7 @@ def _signature(clf) -> tuple | None:
         for named in (net.named_parameters(), net.named_buffers())
         for n, t in named
     ]
-    inputs = (clf.input, id(clf.denoiser))
-    return (type(net), id(clf.process), clf.granularity, inputs, tuple(tensors))
+    return (type(net), id(clf.process), clf.granularity, clf.input, tuple(tensors))
 
 
 def stackable(classifiers) -> bool:
@@ -134,7 +133,7 @@ class StackedClassifiers:
         self.refresh()
         sigma = per_sample(sigma, x)
         p = self.process
-        x_in = self.first.network_input(x, sigma, cond)  # as TimeClassifier.forward, once for all K
+        x_in = self.first.network_input(x, sigma)  # as TimeClassifier.forward, once for all K
         return self.forward_fn(
             self.params, self.buffers, x_in, p.c_noise(sigma), self.cache, **cond
         )

@@ -99,31 +99,19 @@ def test_stacked_path_uses_the_members_input():
     assert not stackable(mixed)  # another input: not one batched network
 
 
-def test_denoised_input_reads_the_denoiser_and_keeps_it_out_of_the_state_dict():
-    process = VPProcess(VPConfig(timesteps=100))
-    w = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
-
-    def denoiser(x, sigma, **cond):  # a linear "denoiser": D(x) = x * w / (1 + sigma)
-        return x * w / (1 + sigma[:, None])
-
-    members = [
-        TimeClassifier(Linear(seed=s), process, "denoised", denoiser).eval().requires_grad_(False)
-        for s in (0, 1)
-    ]
-    assert set(members[0].state_dict()) == {"network.a"}
-    x = torch.randn(4, 3, dtype=torch.float64)
-    sigma = torch.tensor([0.1, 1.0, 10.0, 100.0], dtype=torch.float64)
-    want = x * w / (1 + sigma[:, None]) @ members[0].network.a
-    torch.testing.assert_close(members[0](x, sigma), want)
-    xg = x.clone().requires_grad_(True)
-    grad = torch.autograd.grad(members[0].log_prob(xg, sigma).sum(), xg)[0]
-    c = torch.sigmoid(-want)  # d log sigmoid(f) / df = 1 - sigmoid(f)
-    torch.testing.assert_close(grad, c[:, None] * w * members[0].network.a / (1 + sigma[:, None]))
-    loop = GuidedDenoiser(denoiser, members, batched=False).guidance(x, sigma)
-    batched = GuidedDenoiser(denoiser, members, batched=True).guidance(x, sigma)
-    torch.testing.assert_close(batched, loop, rtol=1e-10, atol=1e-12)
-    other = TimeClassifier(Linear(seed=2), process, "denoised", lambda x, s, **c: x).eval()
-    assert not stackable([*members, other])  # another denoiser: not one batched network
+@pytest.mark.parametrize("process", [VPProcess(VPConfig(timesteps=100)), EDMProcess()])
+def test_tapered_is_c_in_up_to_the_data_scale_then_decays(process):
+    sd = data_scale(process)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    sigma = torch.tensor([0.01, 0.3, 1.0, 3.0, 30.0, 300.0], dtype=torch.float64)[:, None] * sd
+    got = classifier_input(process, sigma, x, "tapered")
+    want = process.c_in(sigma) * x * torch.where(sigma <= sd, 1.0, sd / sigma)
+    torch.testing.assert_close(got, want)
+    low = sigma[:, 0] <= sd
+    torch.testing.assert_close(got[low], classifier_input(process, sigma, x, "c_in")[low])
+    # in epsilon units sigma * c_in * sd / sigma = sd * c_in(sigma): O(1 / sigma)
+    scale = (sigma * got / x)[:, 0]
+    assert float(scale[-1]) < 0.01 and float(scale[-1]) < float(scale[3])
 
 
 def test_unknown_input_is_a_clear_error():
@@ -131,8 +119,6 @@ def test_unknown_input_is_a_clear_error():
         TimeClassifier(Linear(), EDMProcess(), "sqrt")
     with pytest.raises(ValueError, match="choose from"):
         classifier_input(EDMProcess(), torch.ones(1), torch.ones(1), "sqrt")
-    with pytest.raises(ValueError, match="needs the baseline denoiser"):
-        TimeClassifier(Linear(), EDMProcess(), "denoised")
 
 
 def test_config_rejects_an_unknown_input():
@@ -160,14 +146,13 @@ def test_config_rejects_an_unknown_input():
         )
 
 
-@pytest.mark.parametrize("kind", ["posterior-mean", "denoised"])
+@pytest.mark.parametrize("kind", ["posterior-mean", "tapered"])
 def test_trained_classifier_targets_the_truncated_base(kind):
     """The pipeline of tests/test_classifier_quality.py (Gaussian base, halfspace oracle,
-    Algorithm 1's synthetic set, Eq. 13) with the posterior-mean or denoised input (the exact
-    Gaussian denoiser, whose output is the ``m`` of :func:`bayes`): the trained classifier
-    is within 0.05 of the closed-form Bayes classifier at the sampler's levels, its guidance
-    term in epsilon units on valid data is close to the Bayes classifier's, and the guided
-    samples follow the base truncated to the valid set (Theorem 1)."""
+    Algorithm 1's synthetic set, Eq. 13) with the posterior-mean or tapered input: the
+    trained classifier is within 0.05 of the closed-form Bayes classifier at the sampler's
+    levels, its guidance term in epsilon units on valid data is close to the Bayes
+    classifier's, and the guided samples follow the base truncated to the valid set (Theorem 1)."""
     torch.manual_seed(0)
     process = EDMProcess()
     sampler = ModelSampler(edm_heun, process, 32, {}, DataSplit(x=torch.zeros(1, 1)), 4000)
@@ -181,8 +166,7 @@ def test_trained_classifier_targets_the_truncated_base(kind):
         generator=torch.Generator().manual_seed(1),
         progress=False,
     )
-    denoiser = DATA.denoiser if kind == "denoised" else None
-    clf = TimeClassifier(SmallClassifier(), process, kind, denoiser)
+    clf = TimeClassifier(SmallClassifier(), process, kind)
     train_classifier(
         clf,
         synth,

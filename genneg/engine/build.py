@@ -77,4 +77,4 @@ def make_denoiser(registry, spec, process):
 def make_classifier(registry, spec, process, input: str = "c_in", denoiser=None) -> TimeClassifier:
     network = _call_factory(registry, "classifiers", spec, "classifier.network")
     components.check_classifier(network)
-    return TimeClassifier(network, process, input, denoiser)
+    return TimeClassifier(network, process, input)
