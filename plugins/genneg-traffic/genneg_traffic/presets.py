@@ -91,7 +91,9 @@ def sumo_cpu_preset() -> RunConfig:
     classifier steps (10 % of the synthetic set held out for the per-noise-level diagnostics)
     and 2000 distillation steps. Sampled by DDPM with one Langevin corrector per level
     (``ddpm-langevin``). Evaluation samples are drawn under the held-out city's conditions
-    (``eval.condition_split = "test"``)."""
+    (``eval.condition_split = "test"``). Classifiers see the Gaussian posterior mean of the
+    clean scene (``classifier.input = "posterior-mean"``, docs/traffic.md: by-agent r-ELBO
+    -16.8 -> -5.6 nats/dim, the stacked model's student 28 -> 16 % infracting)."""
     net = {
         "hidden": 64,
         "heads": 4,
@@ -121,6 +123,9 @@ def sumo_cpu_preset() -> RunConfig:
             network=ComponentSpec(name="traffic-agent", options=net),
             train=attrs.evolve(cfg.classifier.train, steps=2000, log_every=500),
             holdout=0.1,  # per-noise-level classifier diagnostics on 10 % of the synthetic set
+            # the guidance term decays like the Bayes classifier's at high noise
+            # (genneg.guidance.classifier_input); "c_in" gives the paper's input
+            input="posterior-mean",
         ),
         distill=attrs.evolve(
             cfg.distill, train=attrs.evolve(cfg.distill.train, steps=2000, log_every=500)

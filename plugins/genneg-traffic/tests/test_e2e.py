@@ -23,6 +23,9 @@ def test_registered_components():
     for name in ("traffic-sumo", "traffic-sumo-agent", "traffic-sumo-agent-stacked"):
         assert reg.get("presets", name)().eval.condition_split == "test"
         assert reg.get("presets", name)().sampling.sampler == "ddpm-langevin"
+        # classifiers see the Gaussian posterior mean of the scene (docs/traffic.md)
+        assert reg.get("presets", name)().classifier.input == "posterior-mean"
+    assert reg.get("presets", "traffic")().classifier.input == "c_in"  # the paper's
     assert reg.get("presets", "traffic")().eval.condition_split == "train"
     joint = reg.get("presets", "traffic-sumo-agent-joint")()
     assert joint.classifier.network.name == "traffic-agent"
