@@ -10,17 +10,12 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from genneg.components import DataSplit
-from genneg.config import SynthConfig, TrainConfig
 from genneg.diffusion.edm import EDMConfig, EDMProcess
 from genneg.diffusion.samplers import edm_heun
 from genneg.diffusion.vp import VPConfig, VPProcess
-from genneg.engine.sampling import ModelSampler
-from genneg.engine.synth import draw_labelled
-from genneg.engine.train import train_classifier
 from genneg.guidance import GuidedDenoiser, TimeClassifier, classifier_input, data_scale
 from genneg.stacking import StackedClassifiers, stackable
-from tests.test_classifier_quality import DATA, HalfLine, SmallClassifier, bayes
+from tests.test_classifier_quality import DATA, bayes, synthetic_set, trained_classifier
 
 
 class Linear(nn.Module):
@@ -153,30 +148,8 @@ def test_trained_classifier_targets_the_truncated_base(kind):
     trained classifier is within 0.05 of the closed-form Bayes classifier at the sampler's
     levels, its guidance term in epsilon units on valid data is close to the Bayes
     classifier's, and the guided samples follow the base truncated to the valid set (Theorem 1)."""
-    torch.manual_seed(0)
-    process = EDMProcess()
-    sampler = ModelSampler(edm_heun, process, 32, {}, DataSplit(x=torch.zeros(1, 1)), 4000)
-    synth = draw_labelled(
-        sampler,
-        DATA.denoiser,
-        HalfLine(),
-        "halfline",
-        SynthConfig(n_per_class=3000, max_samples=40_000),
-        keep_natural=False,
-        generator=torch.Generator().manual_seed(1),
-        progress=False,
-    )
-    clf = TimeClassifier(SmallClassifier(), process, kind)
-    train_classifier(
-        clf,
-        synth,
-        weighting="is",
-        process=process,
-        train=TrainConfig(steps=2000, batch_size=512, lr=3e-3, log_every=2000),
-        generator=torch.Generator().manual_seed(3),
-        progress=False,
-    )
-    clf.eval().requires_grad_(False)
+    process, synth = synthetic_set()
+    clf = trained_classifier(process, synth, kind)
     g = torch.Generator().manual_seed(4)
     x0 = DATA.sample(4000, g)
     x0 = x0[x0[:, 0] > 0]  # valid data, where Corollary 1.1 and the r-ELBO look

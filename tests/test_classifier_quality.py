@@ -65,9 +65,9 @@ def bayes(x, sigma):
     return 0.5 * torch.erfc(-m / torch.sqrt(2 * v))
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """The pipeline on the exact base: draw and label (Algorithm 1), train with Eq. (13)."""
+def synthetic_set():
+    """Algorithm 1's balanced synthetic set of the exact Gaussian base, labelled by the
+    halfspace oracle."""
     torch.manual_seed(0)
     process = EDMProcess()
     sampler = ModelSampler(edm_heun, process, 32, {}, DataSplit(x=torch.zeros(1, 1)), 4000)
@@ -81,8 +81,12 @@ def trained():
         generator=torch.Generator().manual_seed(1),
         progress=False,
     )
-    synth, held = hold_out(synth, 0.2, torch.Generator().manual_seed(2))
-    clf = TimeClassifier(SmallClassifier(), process)
+    return process, synth
+
+
+def trained_classifier(process, synth, input="c_in") -> TimeClassifier:
+    """A :class:`SmallClassifier` trained on ``synth`` with Eq. (13), frozen."""
+    clf = TimeClassifier(SmallClassifier(), process, input)
     train_classifier(
         clf,
         synth,
@@ -92,8 +96,15 @@ def trained():
         generator=torch.Generator().manual_seed(3),
         progress=False,
     )
-    clf.eval().requires_grad_(False)
-    return process, synth, held, clf
+    return clf.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The pipeline on the exact base: draw and label (Algorithm 1), train with Eq. (13)."""
+    process, synth = synthetic_set()
+    synth, held = hold_out(synth, 0.2, torch.Generator().manual_seed(2))
+    return process, synth, held, trained_classifier(process, synth)
 
 
 def test_alpha_of_the_synthetic_set_is_the_base_mass_of_the_valid_set(trained):

@@ -74,7 +74,7 @@ def make_denoiser(registry, spec, process):
     return process.precondition(network)
 
 
-def make_classifier(registry, spec, process, input: str = "c_in", denoiser=None) -> TimeClassifier:
+def make_classifier(registry, spec, process, input: str = "c_in") -> TimeClassifier:
     network = _call_factory(registry, "classifiers", spec, "classifier.network")
     components.check_classifier(network)
     return TimeClassifier(network, process, input)
