@@ -19,6 +19,7 @@ from attrs import validators as v
 from genneg.errors import ConfigError
 from genneg.guidance import INPUTS
 from genneg.losses import ELEMENT_LOSSES, WEIGHTINGS
+from genneg.precision import CONFIG_PRECISIONS
 
 __all__ = ["ClassifierConfig", "ComponentSpec", "ConfigError", "DistillConfig", "EvalConfig"]
 __all__ += ["ProcessSpec", "RunConfig", "SamplingConfig", "SynthConfig", "TrainConfig"]
@@ -77,6 +78,12 @@ class SamplingConfig:
     steps: int = attrs.field(default=32, validator=_non_negative)
     options: dict[str, Any] = attrs.field(factory=dict)
     batch_size: int = attrs.field(default=4096, validator=_positive)
+    #: The precision of the model's evaluations while sampling (synthetic sets, evaluation
+    #: samples) and of the distillation teacher's targets: ``fp32``, ``tf32``, ``bf16``
+    #: (autocast; the sampler's own arithmetic, the ELBO and every training loss stay float32)
+    #: or ``auto`` (``bf16`` where the device multiplies it natively, else ``fp32``); see
+    #: :mod:`genneg.precision`.
+    precision: str = attrs.field(default="fp32", validator=v.in_(CONFIG_PRECISIONS))
 
 
 @attrs.frozen(kw_only=True)

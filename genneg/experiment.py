@@ -116,7 +116,10 @@ class Experiment:
     def _sampler(self, steps: int, split: DataSplit) -> ModelSampler:
         sampling = self.cfg.sampling
         fn = self.registry.get("samplers", sampling.sampler)
-        return ModelSampler(fn, self.process, steps, sampling.options, split, sampling.batch_size)
+        return ModelSampler(
+            fn, self.process, steps, sampling.options, split, sampling.batch_size,
+            sampling.precision,
+        )  # fmt: skip
 
     @functools.cached_property
     def base(self):

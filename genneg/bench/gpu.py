@@ -20,7 +20,6 @@ evaluation from float32's, and the infraction rate of the drawn samples (the ora
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 
@@ -29,8 +28,7 @@ import torch
 from genneg.bench.timing import matmul_flops, peak_memory, sync
 from genneg.components import DataSplit
 from genneg.engine.sampling import CountingDenoiser, resample_conditions
-
-PRECISIONS = ("fp32", "tf32", "bf16")
+from genneg.precision import PRECISIONS, precision_mode
 
 #: Dense datasheet peaks (FLOP/s) by device-name fragment: fp32, tf32, bf16 (no sparsity).
 DATASHEET_PEAKS = {
@@ -46,34 +44,6 @@ def datasheet_peak(device_name: str, precision: str) -> float | None:
         if key in device_name:
             return peaks[precision]
     return None
-
-
-@contextlib.contextmanager
-def precision_mode(precision: str, device_type: str = "cuda"):
-    """Run the block's matrix products in ``precision`` (``fp32``, ``tf32`` or ``bf16``); the
-    global TF32 switches are restored on exit.
-
-    In bf16 on a GPU, attention runs in PyTorch's math kernel: at batch 65536 the traffic
-    transformer's attention (agents x samples rows) failed in cuDNN's fused kernel (its
-    backward, the guided model's input gradient: ``mha_graph.execute(...).is_good()``) and in
-    the flash / memory-efficient ones (``CUDA error: invalid argument``), on an H200 with torch
-    2.11 and CUDA 13."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    stack = contextlib.ExitStack()
-    if precision == "bf16":
-        stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
-        if device_type == "cuda":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-    try:
-        with stack:
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def measured_peak(device, precision: str, n: int = 8192, repeat: int = 5) -> float:

@@ -31,6 +31,7 @@ from genneg.engine.warm_start import copy_matching
 from genneg.errors import ClassTooRareError
 from genneg.experiment import Experiment
 from genneg.plugins import get_registry
+from genneg.precision import at_precision
 from genneg.rng import stage_generator
 
 
@@ -226,9 +227,12 @@ class _Run:
         student.requires_grad_(True).train()
         distiller = exp.registry.get("distillers", cfg.distill.distiller)
         t0 = time.perf_counter()
+        # the teacher's targets at the sampling precision (genneg.precision); the student's
+        # loss and gradients stay float32
+        teacher = at_precision(exp.guided(classifiers), exp.sampler.precision)
         hist = distiller(
             student,
-            exp.guided(classifiers),
+            teacher,
             exp.splits.train,
             process=exp.process,
             train=cfg.distill.train,

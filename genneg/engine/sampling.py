@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from genneg import rng
 from genneg.components import DataSplit
+from genneg.precision import at_precision, resolve_precision
 
 
 class CountingDenoiser(torch.nn.Module):
@@ -34,10 +35,19 @@ def resample_conditions(split: DataSplit, n: int, generator) -> tuple[dict, tupl
 
 class ModelSampler:
     """Samples from a denoiser with a registered sampler, conditions drawn from the data split
-    ``conditions`` (the training split, or the one ``EvalConfig.condition_split`` names)."""
+    ``conditions`` (the training split, or the one ``EvalConfig.condition_split`` names),
+    the denoiser evaluated in ``precision`` (:mod:`genneg.precision`; ``auto`` is resolved for
+    the conditions' device)."""
 
     def __init__(
-        self, sampler_fn, process, steps: int, options: dict, conditions: DataSplit, batch_size: int
+        self,
+        sampler_fn,
+        process,
+        steps: int,
+        options: dict,
+        conditions: DataSplit,
+        batch_size: int,
+        precision: str = "fp32",
     ):
         self.sampler_fn = sampler_fn
         self.process = process
@@ -45,11 +55,14 @@ class ModelSampler:
         self.options = dict(options)
         self.conditions = conditions
         self.batch_size = batch_size
+        #: ``fp32``, ``tf32`` or ``bf16`` (:mod:`genneg.precision`; ``auto`` resolved)
+        self.precision = resolve_precision(precision, conditions.x.device)
         self.seconds = 0.0
 
     def sample(self, denoiser, n: int, generator, progress: bool = False) -> DataSplit:
         """``n`` samples (in batches) with the conditions they were drawn under."""
         xs, conds = [], []
+        denoiser = at_precision(denoiser, self.precision)
         starts = range(0, n, self.batch_size)
         for start in tqdm(starts, desc="sampling", disable=not progress, leave=False):
             b = min(self.batch_size, n - start)
