@@ -68,6 +68,9 @@ class TrainConfig:
     #: this decay per step (Polyak averaging); ``0``: the last step's weights.
     ema: float = attrs.field(default=0.0, validator=[v.ge(0.0), v.lt(1.0)])
     log_every: int = attrs.field(default=100, validator=_positive)
+    #: The forward pass's precision (:mod:`genneg.precision`): ``fp32``, or ``bf16`` / ``auto``
+    #: for mixed precision (autocast: products in bf16, weights, Adam and the loss in float32).
+    precision: str = attrs.field(default="fp32", validator=v.in_(CONFIG_PRECISIONS))
 
 
 @attrs.frozen(kw_only=True)

@@ -114,3 +114,32 @@ def test_a_run_at_bf16_finishes_with_the_table_of_fp32_within_its_errors(tmp_pat
         se = math.hypot(a["infraction_se"], b["infraction_se"])
         assert abs(a["infraction"] - b["infraction"]) <= 4 * se + 1e-9, a["stage"]
         assert a["elbo"] == pytest.approx(b["elbo"], abs=0.05), a["stage"]
+
+
+def test_mixed_precision_training_runs_the_forward_in_bf16_and_learns_the_same_fit():
+    """``TrainConfig.precision = "bf16"``: the forward pass's products in bf16, the weights and
+    the loss float32; a least-squares fit reaches the float32 fit's loss within 2 %."""
+    from genneg.config import TrainConfig
+    from genneg.engine.train import fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g) + 0.1 * torch.randn(512, 1, generator=g)
+    losses, dtypes = {}, {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        net = nn.Linear(8, 1)
+        seen = []
+
+        def loss_fn(step, net=net, seen=seen):
+            pred = net(x)
+            seen.append(pred.dtype)
+            return F.mse_loss(pred.float(), y)
+
+        cfg = TrainConfig(steps=600, batch_size=512, lr=3e-2, log_every=100, precision=precision)
+        losses[precision] = fit(net.parameters(), loss_fn, cfg, desc="t", progress=False)[-1][1]
+        dtypes[precision] = set(seen)
+        assert net.weight.dtype == torch.float32
+    assert dtypes == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
+    assert losses["fp32"] < 0.02  # the noise floor is 0.01

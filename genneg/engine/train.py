@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from genneg import distributed, rng, threads
 from genneg.classifier_targets import check_targets
 from genneg.losses import ClassifierLoss, DenoisingLoss
+from genneg.precision import precision_mode, resolve_precision
 
 
 def minibatch(split, batch_size: int, generator):
@@ -32,13 +33,17 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
     all-reduced after each backward pass, so every rank takes the same step (as
     DistributedDataParallel does): summed when ``sharded`` (each rank's loss is its share of
     one global batch, as :mod:`genneg.losses` computes them), else averaged. Only rank 0 logs
-    and shows a progress bar. In one process this is plain Adam."""
+    and shows a progress bar. In one process this is plain Adam. ``cfg.precision``: the
+    forward pass under :func:`genneg.precision.precision_mode` (mixed precision for ``bf16``).
+    """
     params = [p for p in params if p.requires_grad]
     multi = distributed.is_distributed()
     if multi:
         distributed.broadcast_tensors(params)
         progress = progress and distributed.is_main()
         log = log if distributed.is_main() else None
+    device = params[0].device if params else torch.device("cpu")
+    precision = resolve_precision(cfg.precision, device)
     opt = adam(params, cfg.lr)
     average = WeightAverage(params, cfg.ema) if cfg.ema else None
     history, window = [], []
@@ -48,7 +53,11 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
         if cfg.lr_warmup or cfg.lr_schedule != "constant":
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
-        loss = loss_fn(step)
+        if precision == "fp32":
+            loss = loss_fn(step)
+        else:  # the forward pass at the precision; backward follows its dtypes
+            with precision_mode(precision, device.type):
+                loss = loss_fn(step)
         if multi:  # every rank sees the global loss, so all stop together on a bad one
             opt.zero_grad(set_to_none=True)
             loss.backward()
