@@ -15,6 +15,7 @@ from genneg.bench.quality import reduce_config
 from genneg.bench.suite import preset_families, run_suite
 from genneg.bench.tables import markdown
 from genneg.plugins import build_registry
+from genneg.precision import native_bf16
 from tests import toy_plugin
 from tests.test_sample_cmd import finished_toy_run
 from tests.toy_plugin import toy_config
@@ -130,7 +131,12 @@ def test_suite_structure_plugin_case_and_rejection(registry, toy_run, tmp_path):
     (oracle,) = report.find("oracle", preset="toy")
     assert oracle["samples_per_s"] > 0 and oracle["vectorised_speedup"] > 0
     sampler = {r["model"]: r for r in report.find("sampler", preset="toy")}
-    assert list(sampler) == ["baseline", "stack1", "stack2", "stack2-loop", "distilled"]
+    bf16 = ["baseline-bf16", "stack2-bf16"] if native_bf16("cpu") else []
+    assert list(sampler) == ["baseline", "stack1", "stack2", "stack2-loop", "distilled", *bf16]
+    for name in bf16:  # the same arithmetic, its products in bf16
+        fp32 = sampler[name.removesuffix("-bf16")]
+        assert sampler[name]["flops_per_eval"] == fp32["flops_per_eval"]
+        assert sampler[name]["cost_vs_baseline"] > 0
     assert sampler["baseline"]["cost_vs_baseline"] == 1.0
     assert sampler["baseline"]["nfe_per_sample"] == 3  # Heun, 2 steps
     # a classifier's gradient costs FLOPs; the student has the baseline's architecture

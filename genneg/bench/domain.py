@@ -16,6 +16,7 @@ from genneg.engine.sampling import CountingDenoiser, resample_conditions
 from genneg.experiment import Experiment
 from genneg.guidance import GuidedDenoiser
 from genneg.losses import ClassifierLoss, DenoisingLoss
+from genneg.precision import AtPrecision, native_bf16
 from genneg.stacking import stacked_log_prob
 
 
@@ -104,7 +105,10 @@ def bench_oracle(dom: Domain, report, sizes: DomainSizes) -> dict:
 
 def _flops_per_sample(model, x, sigma, cond) -> float:
     """FLOPs of one evaluation per sample. A guided model's gradient is counted through
-    ``backward()``: FlopCounterMode's module tracking does not support ``autograd.grad``."""
+    ``backward()``: FlopCounterMode's module tracking does not support ``autograd.grad``. A
+    model at another precision (:class:`AtPrecision`) counts as the model it wraps."""
+    if isinstance(model, AtPrecision):
+        return _flops_per_sample(model.model, x, sigma, cond)
     if isinstance(model, GuidedDenoiser):
         base = _flops_per_sample(model.base, x, sigma, cond)
         if not len(model.classifiers):
@@ -123,7 +127,8 @@ def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) ->
     """Sampler throughput of the baseline, 1/2/4 stacked (untrained) classifiers and a
     distilled-size student; the cost of each as a ratio to the baseline. Stacks of two or
     more are measured batched (genneg.stacking) and as the per-classifier loop
-    (``stackK-loop``)."""
+    (``stackK-loop``). Where the device multiplies bf16 natively, the baseline and the largest
+    stack are also timed with their products in bf16 (``-bf16``, :mod:`genneg.precision`)."""
     base = dom.denoiser()
     classifiers = [dom.classifier() for _ in range(max(sizes.stacks, default=0))]
     scale = dom.cfg.classifier.guidance_scale or 1.0
@@ -134,6 +139,11 @@ def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) ->
         if k > 1:
             models[f"stack{k}-loop"] = GuidedDenoiser(base, classifiers[:k], scale, batched=False)
     models["distilled"] = dom.denoiser()  # the student has the baseline's architecture
+    if native_bf16(dom.device):  # sampling.precision = "bf16" / "auto" (genneg.precision)
+        top = f"stack{max(sizes.stacks)}" if sizes.stacks else None
+        for name in ("baseline", top):
+            if name is not None:
+                models[f"{name}-bf16"] = AtPrecision(models[name], "bf16")
 
     sigmas = dom.process.sampling_sigmas(sizes.sample_steps)
     n = sizes.sample_batch

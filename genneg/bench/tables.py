@@ -53,7 +53,8 @@ def markdown(report) -> str:
     if sampler:
         out += [
             "**Sampler** (untrained classifiers; cost and FLOPs as multiples of the baseline's;"
-            " `stackK` batched as one network, `stackK-loop` classifier by classifier)",
+            " `stackK` batched as one network, `stackK-loop` classifier by classifier, `-bf16`"
+            " its products in bf16 where the CPU or GPU multiplies bf16 natively)",
             "",
         ]
         out.append(
