@@ -70,6 +70,8 @@ class TrainConfig:
     log_every: int = attrs.field(default=100, validator=_positive)
     #: The forward pass's precision (:mod:`genneg.precision`): ``fp32``, or ``bf16`` / ``auto``
     #: for mixed precision (autocast: products in bf16, weights, Adam and the loss in float32).
+    #: The distillation teacher runs inside the student's loss, so ``distill.train.precision``
+    #: applies to it too (besides ``sampling.precision``).
     precision: str = attrs.field(default="fp32", validator=v.in_(CONFIG_PRECISIONS))
 
 

@@ -14,7 +14,7 @@ Where a reduced precision is used (``sampling.precision``: the synthetic sets, t
 samples and the distillation teacher's targets) it changes the numbers by bf16's rounding
 (relative error about 2^-8 per product); the likelihood (ELBO) and every training loss stay
 in float32. Tested in ``tests/test_precision.py`` (the closed-form Gaussian sampled in bf16)
-and measured on the demo (README, "Performance").
+and measured on the demo (README, "Benchmarks": "Reduced precision").
 """
 
 from __future__ import annotations
