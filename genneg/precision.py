@@ -100,6 +100,8 @@ class AtPrecision(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name.startswith("_") or name == "model":  # not set up yet (copy, unpickle)
+                raise
             return getattr(super().__getattr__("model"), name)
 
 

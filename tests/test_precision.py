@@ -1,5 +1,6 @@
 """Model evaluations at a reduced precision (genneg.precision, ``sampling.precision``)."""
 
+import copy
 import math
 
 import attrs
@@ -74,6 +75,10 @@ def test_at_precision_fp32_is_the_model_itself_and_the_wrapper_passes_attributes
     assert list(wrapped.parameters()) == list(model.parameters())
     with pytest.raises(ValueError, match="precision must be one of"):
         AtPrecision(model, "fp8")
+    copied = copy.deepcopy(wrapped)  # no recursion through the attribute fallback
+    assert copied.precision == "bf16" and copied.classifiers == ["c1", "c2"]
+    with pytest.raises(AttributeError):
+        getattr(wrapped, "no_such_attribute")
 
 
 def test_resolve_precision_auto_follows_the_hardware_and_rejects_unknown_names():
