@@ -78,7 +78,7 @@ def test_at_precision_fp32_is_the_model_itself_and_the_wrapper_passes_attributes
     copied = copy.deepcopy(wrapped)  # no recursion through the attribute fallback
     assert copied.precision == "bf16" and copied.classifiers == ["c1", "c2"]
     with pytest.raises(AttributeError):
-        getattr(wrapped, "no_such_attribute")
+        _ = wrapped.no_such_attribute
 
 
 def test_resolve_precision_auto_follows_the_hardware_and_rejects_unknown_names():
