@@ -32,6 +32,7 @@ from genneg.engine.sampling import ModelSampler
 from genneg.errors import DataError, RunError
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.plugins import get_registry
+from genneg.precision import at_precision
 from genneg.window import windowed
 
 #: Names of a run's stages: the baseline, the stack after K classifiers, the distilled model.
@@ -143,6 +144,11 @@ class Experiment:
         c = self.cfg.classifier
         stack = windowed(classifiers, c.guidance_window, c.sigma_floor)
         return GuidedDenoiser(self.base, stack, c.guidance_scale)
+
+    def teacher(self, classifiers) -> torch.nn.Module:
+        """The distillation teacher: :meth:`guided` evaluated at ``sampling.precision``
+        (:mod:`genneg.precision`; the student's loss and gradients stay float32)."""
+        return at_precision(self.guided(classifiers), self.sampler.precision)
 
     # --- finished stages ---
     def finished_stages(self) -> list[str]:

@@ -31,7 +31,6 @@ from genneg.engine.warm_start import copy_matching
 from genneg.errors import ClassTooRareError
 from genneg.experiment import Experiment
 from genneg.plugins import get_registry
-from genneg.precision import at_precision
 from genneg.rng import stage_generator
 
 
@@ -227,12 +226,9 @@ class _Run:
         student.requires_grad_(True).train()
         distiller = exp.registry.get("distillers", cfg.distill.distiller)
         t0 = time.perf_counter()
-        # the teacher's targets at the sampling precision (genneg.precision); the student's
-        # loss and gradients stay float32
-        teacher = at_precision(exp.guided(classifiers), exp.sampler.precision)
         hist = distiller(
             student,
-            teacher,
+            exp.teacher(classifiers),
             exp.splits.train,
             process=exp.process,
             train=cfg.distill.train,
