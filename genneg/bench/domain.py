@@ -140,10 +140,9 @@ def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) ->
             models[f"stack{k}-loop"] = GuidedDenoiser(base, classifiers[:k], scale, batched=False)
     models["distilled"] = dom.denoiser()  # the student has the baseline's architecture
     if native_bf16(dom.device):  # sampling.precision = "bf16" / "auto" (genneg.precision)
-        top = f"stack{max(sizes.stacks)}" if sizes.stacks else None
-        for name in ("baseline", top):
-            if name is not None:
-                models[f"{name}-bf16"] = AtPrecision(models[name], "bf16")
+        largest = [f"stack{max(sizes.stacks)}"] if sizes.stacks else []
+        for name in ["baseline", *largest]:
+            models[f"{name}-bf16"] = AtPrecision(models[name], "bf16")
 
     sigmas = dom.process.sampling_sigmas(sizes.sample_steps)
     n = sizes.sample_batch
