@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from genneg.bench import busy, domain, gpu, quality
+from genneg.bench import busy, domain, gpu, quality, roofline
 from genneg.bench.report import Report
 from genneg.bench.timing import matmul_flops
 from genneg.threads import configure as configure_threads
@@ -51,6 +51,7 @@ def run_suite(
     threads: int | None = 1,
     threading_steps: int = 0,
     gpu_batch: int = 65536,
+    roofline_preset: str | None = "checkerboard",
     log=print,
 ) -> Report:
     """Run every benchmark; returns the :class:`Report`.
@@ -110,6 +111,17 @@ def run_suite(
             report.error(name, exc)
         report.add("plugin-case", benchmark=name, seconds=time.perf_counter() - t0)
         log(f"benchmark case {name} [{entry.plugin}] in {time.perf_counter() - t0:.1f} s")
+
+    if roofline_preset and roofline_preset in registry.entries["presets"]:
+        entry = registry.entries["presets"][roofline_preset]
+        report.plugin = entry.plugin
+        t0 = time.perf_counter()
+        try:
+            cfg = registry.get("presets", roofline_preset)()
+            roofline.bench_roofline(roofline_preset, cfg, registry, report, device=device)
+        except Exception as exc:
+            report.error(f"{roofline_preset}/roofline", exc)
+        log(f"{roofline_preset}: roofline in {time.perf_counter() - t0:.1f} s")
 
     # Quality and rejection: from run directories where given, else reduced runs.
     trained = {}  # plugin -> the run directory its quality came from

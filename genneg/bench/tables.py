@@ -107,6 +107,49 @@ def markdown(report) -> str:
             )
         )
         out.append("")
+    roof = report.find("roofline")
+    if roof:
+        out += [
+            "**Against the matmul rate** (every kind of step of the run at its own batch; "
+            "FLOPs: torch's formulas for the products, backward passes included; % layer "
+            "matmul: of one `[batch, width] @ [width, width]` product's rate at the network's "
+            "width; run steps: how many the preset takes)",
+            "",
+        ]
+        out.append(
+            _table(
+                [
+                    "preset",
+                    "step",
+                    "batch",
+                    "ms",
+                    "MFLOP",
+                    "GFLOP/s",
+                    "% layer matmul",
+                    "run steps",
+                ],
+                [
+                    [
+                        r["preset"],
+                        r["step"],
+                        r["batch"],
+                        _num(1e3 * r["seconds"]),
+                        _num(r["flops"] / 1e6),
+                        _num(r["achieved_flops"] / 1e9),
+                        _num(100 * r["fraction_of_layer_matmul"], ".3g"),
+                        r["run_steps"] or "-",
+                    ]
+                    for r in roof
+                ],
+            )
+        )
+        for r in report.find("roofline-run"):
+            out.append(
+                f"- {r['preset']}: its training takes {r['training_seconds']:.0f} s at these "
+                f"rates; all its products at the layer matmul rate would take "
+                f"{r['floor_seconds']:.0f} s ({r['floor_vs_measured']:.2f}x)"
+            )
+        out.append("")
     threads = report.find("threads")
     if threads:
         out += [
@@ -253,7 +296,18 @@ def markdown(report) -> str:
             )
         )
         out.append("")
-    known = {"oracle", "sampler", "train", "threads", "quality", "rejection", "data", "gpu-sampler"}
+    known = {
+        "oracle",
+        "sampler",
+        "train",
+        "threads",
+        "quality",
+        "rejection",
+        "data",
+        "gpu-sampler",
+        "roofline",
+        "roofline-run",
+    }
     other = [r for r in report.records if r["case"] not in known | {"quality-run"}]
     if other:
         out += ["**Other cases** (plugins' `register_benchmarks`)", ""]

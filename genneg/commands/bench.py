@@ -58,6 +58,14 @@ import click
     "0 skips it.",
 )
 @click.option(
+    "--roofline",
+    "roofline_preset",
+    default="checkerboard",
+    show_default=True,
+    help="The preset whose run is measured against the machine's matmul rate (every kind of "
+    "step at its own batch); skipped where not installed; 'none' skips it.",
+)
+@click.option(
     "--out",
     default="bench-results",
     show_default=True,
@@ -65,7 +73,16 @@ import click
     help="Writes bench.json and bench.md here.",
 )
 def bench_cmd(
-    presets, run_dirs, quality_presets, fraction, device, threads, threading_steps, gpu_batch, out
+    presets,
+    run_dirs,
+    quality_presets,
+    fraction,
+    device,
+    threads,
+    threading_steps,
+    gpu_batch,
+    roofline_preset,
+    out,
 ):
     """Benchmark oracles, samplers, training and quality of every installed plugin, and
     Gen-neG against rejection sampling."""
@@ -84,6 +101,7 @@ def bench_cmd(
         threads=threads or None,
         threading_steps=threading_steps,
         gpu_batch=gpu_batch,
+        roofline_preset=None if roofline_preset == "none" else roofline_preset,
         log=lambda m: click.echo(m, err=True),
     )
     js, md = report.write(out)
