@@ -154,6 +154,22 @@ class ClassifierConfig:
     #: two make the guidance term decay like the Bayes classifier's at high noise
     #: (:func:`genneg.guidance.classifier_input`).
     input: str = attrs.field(default="c_in", validator=v.in_(INPUTS))
+    #: ``last``: the weights after the last step (the paper's); ``holdout``: the weights that
+    #: scored best (Eq. 13) on the held-out part of the synthetic set at the end of a
+    #: ``train.log_every`` window, i.e. early stopping (:mod:`genneg.engine.selection`); needs
+    #: ``holdout > 0``.
+    select: str = attrs.field(default="last", validator=v.in_(("last", "holdout")))
+
+    def loss_options(self) -> dict:
+        """The keyword arguments of :func:`genneg.engine.train.train_classifier` this config
+        sets besides the training loop's: weighting, element loss, targets, minibatch and
+        selection."""
+        names = ("weighting", "element_loss", "targets", "minibatch", "select")
+        return {name: getattr(self, name) for name in names}
+
+    def __attrs_post_init__(self):
+        if self.select == "holdout" and self.holdout <= 0:
+            raise ValueError("classifier.select = 'holdout' needs classifier.holdout > 0")
 
     @guidance_window.validator
     def _check_window(self, attribute, value):

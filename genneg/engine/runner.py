@@ -199,10 +199,8 @@ class _Run:
         hist = train_classifier(
             clf,
             synth,
-            weighting=cfg.classifier.weighting,
-            element_loss=cfg.classifier.element_loss,
-            targets=cfg.classifier.targets,
-            minibatch=cfg.classifier.minibatch,
+            **cfg.classifier.loss_options(),
+            held=held,
             process=exp.process,
             train=cfg.classifier.train,
             generator=self.generator(name, "train"),

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from genneg import distributed, rng, threads
 from genneg.classifier_targets import check_targets
+from genneg.engine.selection import SELECTIONS, HeldOutSelection
 from genneg.losses import ClassifierLoss, DenoisingLoss
 from genneg.precision import precision_mode, resolve_precision
 
@@ -24,7 +25,17 @@ def minibatch(split, batch_size: int, generator):
     return split.index(rng.randint(n, (batch_size,), generator))
 
 
-def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sharded=False):
+def fit(
+    params,
+    loss_fn,
+    cfg,
+    *,
+    desc: str,
+    progress: bool = True,
+    log=None,
+    sharded=False,
+    on_window=None,
+):
     """Minimise ``loss_fn(step)`` for ``cfg.steps`` Adam steps; returns ``[(step, loss)]``
     averaged over each ``cfg.log_every`` window. A non-finite loss stops training with an
     error naming the step.
@@ -35,6 +46,8 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
     one global batch, as :mod:`genneg.losses` computes them), else averaged. Only rank 0 logs
     and shows a progress bar. In one process this is plain Adam. ``cfg.precision``: the
     forward pass under :func:`genneg.precision.precision_mode` (mixed precision for ``bf16``).
+    ``on_window(step, mean_loss)``, if given, is called at the end of every ``cfg.log_every``
+    window (held-out selection, :mod:`genneg.engine.selection`).
     """
     params = [p for p in params if p.requires_grad]
     multi = distributed.is_distributed()
@@ -79,6 +92,8 @@ def fit(params, loss_fn, cfg, *, desc: str, progress: bool = True, log=None, sha
             bar.set_postfix(loss=f"{mean:.4g}")
             if log is not None:
                 log(f"{desc}: step {step + 1}/{cfg.steps} loss {mean:.5g}")
+            if on_window is not None:
+                on_window(step + 1, mean)
             window = []
     if average is not None:
         average.copy_to_params()
@@ -159,6 +174,8 @@ def train_classifier(
     element_loss="per-element",
     targets="hard",
     minibatch="uniform",
+    select="last",
+    held=None,
 ):
     """Fit ``classifier`` (a :class:`genneg.guidance.TimeClassifier`) in place on a synthetic
     set (:class:`genneg.engine.synth.SynthResult`) with the importance-weighted BCE of
@@ -169,7 +186,17 @@ def train_classifier(
     ``minibatch="uniform"`` draws rows from the whole set; ``"balanced"`` draws half of each
     minibatch from the positives and half from the negatives, so a set with many more
     positives (``synth.keep_positive``) trains on balanced minibatches with the weights of
-    ``pi1 = 1/2``: the expected loss is Eq. (13) either way."""
+    ``pi1 = 1/2``: the expected loss is Eq. (13) either way.
+
+    ``select="holdout"``: the weights that scored best on ``held`` (the synthetic set's
+    held-out part, a :class:`~genneg.engine.synth.LabelledSet`) at the end of a log window are
+    the classifier's at the end (:mod:`genneg.engine.selection`); ``"last"``: the last step's."""
+    if select not in SELECTIONS:
+        raise ValueError(f"classifier select must be one of {SELECTIONS}, got {select!r}")
+    if select == "holdout" and (held is None or len(held) == 0):
+        raise ValueError(
+            "classifier select 'holdout' needs a held-out set (classifier.holdout > 0)"
+        )
     if minibatch not in ("uniform", "balanced"):
         raise ValueError(f"minibatch must be 'uniform' or 'balanced', got {minibatch!r}")
     if minibatch == "balanced" and weighting == "imbalanced":
@@ -195,8 +222,38 @@ def train_classifier(
         x0, cond = batch.data.x, batch.data.cond
         return loss(classifier, x0, cond, batch.labels, batch.element_labels, generator)
 
+    chooser = None
+    if select == "holdout":
+        device = next(classifier.parameters()).device
+        held = held.to(device)
+        held_loss = ClassifierLoss(
+            process,
+            alpha=synth.alpha,
+            weighting=weighting,
+            pi1=float(held.labels.float().mean()),
+            element_loss=element_loss,
+        )
+        chooser = HeldOutSelection(classifier, held, held_loss)
     params = classifier.parameters()
-    return fit(params, loss_fn, train, desc="classifier", progress=progress, log=log, sharded=True)
+    history = fit(
+        params,
+        loss_fn,
+        train,
+        desc="classifier",
+        progress=progress,
+        log=log,
+        sharded=True,
+        on_window=chooser,
+    )
+    if chooser is not None:
+        chooser.restore()
+        if log is not None:
+            checks = ", ".join(f"{s}: {v:.4g}" for s, v in chooser.history)
+            log(
+                f"classifier: kept the weights of step {chooser.best_step} "
+                f"(held-out loss by step: {checks})"
+            )
+    return history
 
 
 def _row_sampler(data, batch_size: int, minibatch: str, generator):
