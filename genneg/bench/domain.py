@@ -240,8 +240,8 @@ def bench_training(dom: Domain, report, sizes: DomainSizes) -> list[dict]:
     return out
 
 
-def _time_training_step(dom, report, sizes, model: str, module, loss_fn, n: int) -> dict:
-    """Time ``sizes.train_steps`` Adam steps of ``module`` on ``loss_fn()`` and record them."""
+def adam_step(module, loss_fn):
+    """A function that takes one Adam step (lr 1e-4) of ``module`` on ``loss_fn()``."""
     opt = torch.optim.Adam(module.parameters(), lr=1e-4)
 
     def step():
@@ -250,6 +250,12 @@ def _time_training_step(dom, report, sizes, model: str, module, loss_fn, n: int)
         value.backward()
         opt.step()
 
+    return step
+
+
+def _time_training_step(dom, report, sizes, model: str, module, loss_fn, n: int) -> dict:
+    """Time ``sizes.train_steps`` Adam steps of ``module`` on ``loss_fn()`` and record them."""
+    step = adam_step(module, loss_fn)
     with peak_memory(dom.device) as mem:
         seconds = timed(step, repeat=sizes.train_steps, device=dom.device)
     return report.add(

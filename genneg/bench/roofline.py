@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from genneg.bench.domain import Domain
+from genneg.bench.domain import Domain, adam_step
 from genneg.bench.timing import sync, timed
 from genneg.guidance import GuidedDenoiser
 from genneg.losses import ClassifierLoss, DenoisingLoss, DistillationLoss
@@ -59,18 +59,6 @@ def _counted(fn) -> float:
     return float(counter.flops)
 
 
-def _adam_step(module, loss_fn):
-    opt = torch.optim.Adam(module.parameters(), lr=1e-4)
-
-    def step():
-        value = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-
-    return step
-
-
 def _training(dom: Domain, cfg) -> dict:
     """name -> (step function, steps in the run) for the run's three kinds of training."""
     gen = dom.gen
@@ -79,7 +67,7 @@ def _training(dom: Domain, cfg) -> dict:
     den_loss = DenoisingLoss(dom.process)
     steps = {
         "baseline-train": (
-            _adam_step(base, lambda: den_loss(base, b.x, b.cond, gen)),
+            adam_step(base, lambda: den_loss(base, b.x, b.cond, gen)),
             cfg.baseline.steps,
         )
     }
@@ -97,7 +85,7 @@ def _training(dom: Domain, cfg) -> dict:
     labels = labels.to(dom.device)
     clf_loss = ClassifierLoss(dom.process, alpha=0.5, weighting=cfg.classifier.weighting)
     steps["classifier-train"] = (
-        _adam_step(clf, lambda: clf_loss(clf, c.x, c.cond, labels, el, gen)),
+        adam_step(clf, lambda: clf_loss(clf, c.x, c.cond, labels, el, gen)),
         cfg.classifier.train.steps * cfg.iterations,
     )
 
@@ -110,7 +98,7 @@ def _training(dom: Domain, cfg) -> dict:
         d = dom.batch(min(cfg.distill.train.batch_size, len(dom.train))).to(dom.device)
         dl = DistillationLoss(dom.process, sigma=cfg.distill.options.get("sigma", "training"))
         steps["distill-train"] = (
-            _adam_step(student, lambda: dl(student, teacher, d.x, d.cond, gen)),
+            adam_step(student, lambda: dl(student, teacher, d.x, d.cond, gen)),
             cfg.distill.train.steps,
         )
     return steps
