@@ -87,6 +87,18 @@ def test_bad_selection_settings_are_clear_errors(split):
     kw = dict(weighting="is", process=process, train=TrainConfig(steps=1), progress=False)
     with pytest.raises(ValueError, match="needs a held-out set"):
         train_classifier(clf, synth, generator=torch.Generator(), select="holdout", **kw)
+    with pytest.raises(ValueError, match="not their average"):
+        ema = TrainConfig(steps=1, ema=0.9)
+        train_classifier(
+            clf,
+            synth,
+            weighting="is",
+            process=process,
+            train=ema,
+            generator=torch.Generator(),
+            select="holdout",
+            held=held,
+        )
     with pytest.raises(ValueError, match="select must be one of"):
         train_classifier(clf, synth, generator=torch.Generator(), select="best", **kw)
     with pytest.raises(ValueError, match="needs classifier.holdout > 0"):

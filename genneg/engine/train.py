@@ -197,6 +197,11 @@ def train_classifier(
         raise ValueError(
             "classifier select 'holdout' needs a held-out set (classifier.holdout > 0)"
         )
+    if select == "holdout" and train.ema:
+        raise ValueError(
+            "classifier select 'holdout' scores the trained weights, not their average: "
+            "set classifier.train.ema = 0 or select = 'last'"
+        )
     if minibatch not in ("uniform", "balanced"):
         raise ValueError(f"minibatch must be 'uniform' or 'balanced', got {minibatch!r}")
     if minibatch == "balanced" and weighting == "imbalanced":
