@@ -60,7 +60,9 @@ def test_roofline_rows_and_the_runs_projection():
     assert by["baseline-train"]["run_steps"] == cfg.baseline.steps
     assert by["classifier-train"]["run_steps"] == cfg.classifier.train.steps * cfg.iterations
     assert by["distill-train"]["run_steps"] == cfg.distill.train.steps
-    assert by["guided-eval-0"]["batch"] == cfg.sampling.batch_size
+    # the batch each step really ran on: the preset's, at most the 400 toy training rows
+    assert by["guided-eval-0"]["batch"] == min(cfg.sampling.batch_size, 400)
+    assert by["baseline-train"]["batch"] == min(cfg.baseline.batch_size, 400)
     # a guided evaluation does more arithmetic with every classifier stacked
     assert (
         by["guided-eval-0"]["flops"] < by["guided-eval-1"]["flops"] < by["guided-eval-2"]["flops"]

@@ -206,6 +206,18 @@ def bench_sampler(dom: Domain, report, sizes: DomainSizes, peak_flops: float) ->
     return rows
 
 
+def random_labels(dom: Domain, classifier, batch: DataSplit):
+    """Random oracle labels of ``batch`` for timing a classifier's training step: ``(scene
+    labels, element labels or None)``; an element classifier's agents are valid with
+    probability 0.8 (padded ones always), a scene is valid when all its agents are."""
+    if classifier.granularity == "element":
+        el = torch.rand(batch.x.shape[:2], generator=dom.gen) < 0.8
+        mask = batch.cond.get("mask")
+        el = (el | ~mask.cpu() if mask is not None else el).to(dom.device)
+        return el.all(dim=1), el
+    return (torch.rand(len(batch), generator=dom.gen) < 0.5).to(dom.device), None
+
+
 def bench_training(dom: Domain, report, sizes: DomainSizes) -> list[dict]:
     """Seconds per Adam step of the denoiser (Eq. 5) and of a classifier (Eq. 13) on
     random labels."""
@@ -221,14 +233,7 @@ def bench_training(dom: Domain, report, sizes: DomainSizes) -> list[dict]:
     out = [_time_training_step(dom, report, sizes, "denoiser", den, den_loss, n)]
 
     clf = dom.classifier().train().requires_grad_(True)
-    mask = batch.cond.get("mask")
-    if clf.granularity == "element":
-        el = torch.rand(batch.x.shape[:2], generator=dom.gen) < 0.8
-        el = (el | ~mask.cpu() if mask is not None else el).to(dom.device)
-        labels = el.all(dim=1)
-    else:
-        el = None
-        labels = (torch.rand(n, generator=dom.gen) < 0.5).to(dom.device)
+    labels, el = random_labels(dom, clf, batch)
     pi1 = min(max(float(labels.float().mean()), 0.01), 0.99)
     loss_c = ClassifierLoss(dom.process, alpha=0.5, weighting=dom.cfg.classifier.weighting, pi1=pi1)
 

@@ -18,8 +18,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from genneg.bench.domain import Domain, adam_step
+from genneg.bench.domain import Domain, adam_step, random_labels
 from genneg.bench.timing import sync, timed
+from genneg.diffusion.shapes import broadcast
 from genneg.guidance import GuidedDenoiser
 from genneg.losses import ClassifierLoss, DenoisingLoss, DistillationLoss
 
@@ -60,33 +61,32 @@ def _counted(fn) -> float:
 
 
 def _training(dom: Domain, cfg) -> dict:
-    """name -> (step function, steps in the run) for the run's three kinds of training."""
+    """name -> (step function, steps in the run, batch) for the run's three kinds of
+    training."""
     gen = dom.gen
+
+    def batch(size: int):
+        return dom.batch(min(size, len(dom.train))).to(dom.device)
+
     base = dom.exp.new_denoiser().train()
-    b = dom.batch(min(cfg.baseline.batch_size, len(dom.train))).to(dom.device)
+    b = batch(cfg.baseline.batch_size)
     den_loss = DenoisingLoss(dom.process)
     steps = {
         "baseline-train": (
             adam_step(base, lambda: den_loss(base, b.x, b.cond, gen)),
             cfg.baseline.steps,
+            len(b),
         )
     }
 
     clf = dom.exp.new_classifier().train()
-    c = dom.batch(min(cfg.classifier.train.batch_size, len(dom.train))).to(dom.device)
-    labels = torch.rand(len(c), generator=gen) < 0.5
-    el = None
-    if clf.granularity == "element":
-        el = torch.rand(c.x.shape[:2], generator=gen) < 0.8
-        mask = c.cond.get("mask")
-        el = el | ~mask.cpu() if mask is not None else el
-        labels = el.all(dim=1)
-        el = el.to(dom.device)
-    labels = labels.to(dom.device)
+    c = batch(cfg.classifier.train.batch_size)
+    labels, el = random_labels(dom, clf, c)
     clf_loss = ClassifierLoss(dom.process, alpha=0.5, weighting=cfg.classifier.weighting)
     steps["classifier-train"] = (
         adam_step(clf, lambda: clf_loss(clf, c.x, c.cond, labels, el, gen)),
         cfg.classifier.train.steps * cfg.iterations,
+        len(c),
     )
 
     if cfg.distill.enabled and cfg.iterations:
@@ -95,28 +95,29 @@ def _training(dom: Domain, cfg) -> dict:
             dom.denoiser(), classifiers, cfg.classifier.guidance_scale or 1.0
         ).requires_grad_(False)
         student = dom.exp.new_denoiser().train()
-        d = dom.batch(min(cfg.distill.train.batch_size, len(dom.train))).to(dom.device)
+        d = batch(cfg.distill.train.batch_size)
         dl = DistillationLoss(dom.process, sigma=cfg.distill.options.get("sigma", "training"))
         steps["distill-train"] = (
             adam_step(student, lambda: dl(student, teacher, d.x, d.cond, gen)),
             cfg.distill.train.steps,
+            len(d),
         )
     return steps
 
 
 def _guided_evals(dom: Domain, cfg) -> dict:
-    """name -> evaluation of the guided denoiser with 0..iterations classifiers at the
-    sampler's batch and one noise level (a sampler step)."""
+    """name -> (evaluation of the guided denoiser with 0..iterations classifiers at the
+    sampler's batch and one noise level (a sampler step), 0 run steps, batch)."""
     n = min(cfg.sampling.batch_size, len(dom.train))
     b = dom.batch(n).to(dom.device)
     sigmas = dom.process.sampling_sigmas(cfg.sampling.steps or None)
     sigma = torch.full((n,), float(sigmas[len(sigmas) // 2]), device=dom.device)
-    x = b.x + sigma.view(-1, *[1] * (b.x.dim() - 1)) * torch.randn_like(b.x)
+    x = b.x + broadcast(sigma, b.x) * torch.randn_like(b.x)
     classifiers = [dom.classifier() for _ in range(cfg.iterations)]
     out = {}
     for k in range(cfg.iterations + 1):
         model = GuidedDenoiser(dom.denoiser(), classifiers[:k], 1.0) if k else dom.denoiser()
-        out[f"guided-eval-{k}"] = lambda model=model: model(x, sigma, **b.cond)
+        out[f"guided-eval-{k}"] = (lambda model=model: model(x, sigma, **b.cond), 0, n)
     return out
 
 
@@ -127,18 +128,12 @@ def bench_roofline(preset: str, cfg, registry, report, *, device="cpu", repeat: 
     dom = Domain(preset, cfg, registry, device=device)
     linears = [m for m in dom.denoiser().modules() if isinstance(m, torch.nn.Linear)]
     width = max((m.out_features for m in linears), default=128)
-    work = {name: (fn, count) for name, (fn, count) in _training(dom, cfg).items()}
-    work.update({name: (fn, 0) for name, fn in _guided_evals(dom, cfg).items()})
+    work = {**_training(dom, cfg), **_guided_evals(dom, cfg)}
     total_s = total_flops = floor_s = 0.0
     rows = []
-    for name, (fn, count) in work.items():
+    for name, (fn, count, batch) in work.items():
         flops = _counted(fn)
         seconds = timed(fn, repeat=repeat, warmup=2, device=dom.device)
-        batch = {
-            "baseline-train": cfg.baseline.batch_size,
-            "classifier-train": cfg.classifier.train.batch_size,
-            "distill-train": cfg.distill.train.batch_size,
-        }.get(name, cfg.sampling.batch_size)
         rate = layer_matmul_flops(batch, width, device=dom.device)
         row = report.add(
             "roofline",
