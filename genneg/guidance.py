@@ -120,12 +120,14 @@ class GuidedDenoiser(nn.Module):
         if len(self.classifiers) == 0 or self.scale == 0:
             return torch.zeros_like(x)
         sigma = per_sample(sigma, x)
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            from genneg.stacking import stacked_log_prob  # stacking.py imports this module
+        if self.batched:
+            from genneg.stacking import stacked_guidance_grad  # stacking.py imports this module
 
-            log_prob = stacked_log_prob if self.batched else GuidedDenoiser.log_prob
-            grad = torch.autograd.grad(log_prob(self, xg, sigma, **cond).sum(), xg)[0]
+            grad = stacked_guidance_grad(self, x, sigma, **cond)
+        else:
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                grad = torch.autograd.grad(self.log_prob(xg, sigma, **cond).sum(), xg)[0]
         return self.scale * broadcast(sigma, x) ** 2 * grad
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:

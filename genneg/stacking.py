@@ -20,6 +20,18 @@ A network whose ``stacked_forward`` does not cover all its options sets ``can_st
 ``stack_max_batch``: above that batch size its members are evaluated one
 by one (on a CPU, a big stacked activation no longer fits the caches, and the loop is faster).
 
+A network may also implement the gradient by hand, which spares a small stack autograd's
+per-operation bookkeeping (its graph and its backward engine: at a sampler's batch of 64, most
+of a small network's backward time)::
+
+    def stacked_forward_vjp(self, params, buffers, x_in, c_noise, cache, **cond)
+        -> (logits, pullback)
+
+where ``pullback(g)``, ``g`` shaped like the logits, returns ``sum_k g_k . d logits_k / d x_in``
+shaped like ``x_in``. Guidance (:func:`stacked_guidance_grad`) then takes the stack's gradient
+from it, with no graph; everything else keeps autograd. Each plugin that implements it tests it
+against autograd (:func:`genneg.testing.check_stacked_forward`).
+
 ``params`` maps each of the network's parameter names to the K members' tensors stacked on a
 new leading dimension; ``buffers`` maps each buffer name to the (shared) tensor; ``cache`` is a
 dict the function may keep weight-dependent, ``x``-independent results in (it is emptied
@@ -94,6 +106,7 @@ class StackedClassifiers:
         self.granularity = first.granularity
         self.first = first
         self.forward_fn = first.network.stacked_forward
+        self.vjp_fn = getattr(first.network, "stacked_forward_vjp", None)
         self.max_batch = getattr(first.network, "stack_max_batch", None)
         self._tensors = self._member_tensors()
         self._key = None
@@ -151,6 +164,66 @@ class StackedClassifiers:
         return logp.sum(dim=(0, 2))
 
 
+    def log_prob_grad(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        """``grad_x sum_i log C_i(x; sigma)`` from the network's ``stacked_forward_vjp``, no
+        autograd: ``d log sigmoid(l) / dl = sigmoid(-l)`` pulled back through the network,
+        then through the input scaling, ``x_in = c(sigma) x`` for every classifier input
+        (:func:`genneg.guidance.classifier_input`), so ``grad_x = c(sigma) grad_{x_in}``."""
+        if self.vjp_fn is None:
+            raise ValueError("this stack's network has no stacked_forward_vjp")
+        self.refresh()
+        sigma = per_sample(sigma, x)
+        with torch.no_grad():
+            scale = self.first.network_input(torch.ones_like(x), sigma)
+            logits, pullback = self.vjp_fn(
+                self.params, self.buffers, scale * x, self.process.c_noise(sigma), self.cache,
+                **cond,
+            )
+            g = torch.sigmoid(-logits)
+            mask = cond.get("mask")
+            if self.granularity != "sample" and mask is not None:
+                g = g * mask.to(g.dtype)
+            return scale * pullback(g)
+
+
+def _stack_plan(owner, classifiers) -> tuple:
+    """``(stacks, singles)`` of ``owner``'s classifiers, kept on ``owner`` and rebuilt when the
+    stack (its members, their modes, shapes or devices) changes."""
+    # the members and their modes; the stacks check their own tensors (refresh)
+    key = [(id(c), c.training, getattr(c, "network", c).training) for c in classifiers]
+    plan = owner.__dict__.get("_stack_plan")
+    if plan is None or plan[0] != key:
+        groups, singles = split_stack(classifiers)
+        plan = (key, [StackedClassifiers(g) for g in groups], singles)
+        owner.__dict__["_stack_plan"] = plan
+    return plan[1], plan[2]
+
+
+def stacked_guidance_grad(owner, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+    """``grad_x owner.log_prob(x)`` (the stack's sum, Eq. 9) for guidance: the stackable
+    groups whose network implements ``stacked_forward_vjp`` by hand, at batches up to their
+    ``stack_max_batch``; the others through autograd of :func:`stacked_log_prob`'s terms.
+    ``x`` is taken as a constant (the result carries no graph), as guidance takes it."""
+    stacks, singles = _stack_plan(owner, list(owner.classifiers))
+    sigma = per_sample(sigma, x)
+    x = x.detach()
+    grad = torch.zeros_like(x)
+    rest = list(singles)
+    for stack in stacks:
+        if stack.max_batch is not None and x.shape[0] > stack.max_batch:
+            rest.extend(stack.classifiers)
+        elif stack.vjp_fn is not None:
+            grad = grad + stack.log_prob_grad(x, sigma, **cond)
+        else:
+            rest.append(stack)
+    if rest:
+        with torch.enable_grad():
+            xg = x.requires_grad_(True)
+            total = sum(member.log_prob(xg, sigma, **cond).sum() for member in rest)
+            grad = grad + torch.autograd.grad(total, xg)[0]
+    return grad
+
+
 def split_stack(classifiers) -> tuple[list[list], list]:
     """``(groups, singles)``: the lists of two or more classifiers that :func:`stackable`
     accepts together (in order of first appearance), and the others, evaluated one by one."""
@@ -176,23 +249,16 @@ def stacked_log_prob(owner, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
     Eq. 9) with each stackable group of ``owner.classifiers`` evaluated as one
     :class:`StackedClassifiers`, the others one by one. The grouping is kept on ``owner`` and
     rebuilt when the stack (its members, their modes, shapes or devices) changes."""
-    classifiers = list(owner.classifiers)
-    # the members and their modes; the stacks check their own tensors (refresh)
-    key = [(id(c), c.training, getattr(c, "network", c).training) for c in classifiers]
-    plan = owner.__dict__.get("_stack_plan")
-    if plan is None or plan[0] != key:
-        groups, singles = split_stack(classifiers)
-        plan = (key, [StackedClassifiers(g) for g in groups], singles)
-        owner.__dict__["_stack_plan"] = plan
+    stacks, singles = _stack_plan(owner, list(owner.classifiers))
     sigma = per_sample(sigma, x)
     total = x.new_zeros(x.shape[0])
-    for stack in plan[1]:
+    for stack in stacks:
         if stack.max_batch is not None and x.shape[0] > stack.max_batch:
             for clf in stack.classifiers:
                 total = total + clf.log_prob(x, sigma, **cond)
         else:
             total = total + stack.log_prob(x, sigma, **cond)
-    for clf in plan[2]:
+    for clf in singles:
         total = total + clf.log_prob(x, sigma, **cond)
     return total
 

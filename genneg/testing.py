@@ -21,6 +21,7 @@ import torch
 
 from genneg.components import OracleResult, check_classifier, check_oracle, validate_oracle_result
 from genneg.diffusion.edm import EDMProcess
+from genneg.diffusion.shapes import per_sample
 from genneg.guidance import TimeClassifier
 
 
@@ -133,7 +134,9 @@ def check_stacked_forward(nets, process, x, sigma, cond, rtol=1e-9, atol=1e-11) 
     """Assert that K networks of one shape evaluated as one stack (``stacked_forward``,
     :mod:`genneg.stacking`) give every member's own logits, the summed ``log C`` and the
     guidance of the per-classifier loop (Eq. 9) to the given tolerances (use float64
-    networks and inputs: then the tolerances can be tight)."""
+    networks and inputs: then the tolerances can be tight). A network with a hand-written
+    ``stacked_forward_vjp`` must give ``stacked_forward``'s logits and autograd's gradient of
+    the summed ``log C``."""
     from genneg.guidance import GuidedDenoiser
     from genneg.stacking import StackedClassifiers
 
@@ -149,6 +152,17 @@ def check_stacked_forward(nets, process, x, sigma, cond, rtol=1e-9, atol=1e-11) 
     def base(x, sigma, **cond):
         return torch.zeros_like(x)
 
+    if stack.vjp_fn is not None:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            want_grad = torch.autograd.grad(stack.log_prob(xg, sigma, **cond).sum(), xg)[0]
+        got_grad = stack.log_prob_grad(x, sigma, **cond)
+        assert want_grad.abs().max() > 0
+        torch.testing.assert_close(got_grad, want_grad, rtol=rtol, atol=atol)
+        s = per_sample(sigma, x)
+        x_in, c_noise = clfs[0].network_input(x, s), process.c_noise(s)
+        vjp_logits, _ = stack.vjp_fn(stack.params, stack.buffers, x_in, c_noise, {}, **cond)
+        torch.testing.assert_close(vjp_logits, got, rtol=rtol, atol=atol)
     loop = GuidedDenoiser(base, clfs, batched=False).guidance(x, sigma, **cond)
     batched = GuidedDenoiser(base, clfs, batched=True).guidance(x, sigma, **cond)
     assert loop.abs().max() > 0

@@ -93,3 +93,40 @@ class ResidualMLPClassifier(ResidualMLP):
             a = linear(params, pre + "fc1", F.silu(h)) + t
             h = h + linear(params, pre + "fc2", F.silu(a))
         return linear(params, "out", F.silu(h)).squeeze(-1)
+
+    def stacked_forward_vjp(self, params, buffers, x_in, c_noise, cache, **cond):
+        """:meth:`stacked_forward`'s logits ``[K, B]`` and their pullback to ``x_in``, by hand
+        (:mod:`genneg.stacking`): the backward pass of the residual blocks in reverse, each
+        linear layer's input gradient one batched product with its weights and each SiLU's
+        derivative one fused ``silu_backward``. The input layer's pullback sums the members
+        in one product, ``[B, K H] @ [K H, D]``."""
+        with torch.no_grad():
+            emb = sinusoidal_embedding(noise_rows(c_noise), self.emb_dim)
+            h = linear(params, "inp", x_in, shared=True)  # [K, B, H]
+            saved = []
+            for i in range(len(self.blocks)):
+                pre = f"blocks.{i}."
+                t = linear(params, pre + "emb", emb, shared=True)
+                a = linear(params, pre + "fc1", F.silu(h)) + t
+                saved.append((h, a))
+                h = h + linear(params, pre + "fc2", F.silu(a))
+            logits = linear(params, "out", F.silu(h)).squeeze(-1)
+
+        def pullback(g: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                dh = _silu_backward(g[..., None] * params["out.weight"], h)  # [K, B, H]
+                for i in reversed(range(len(self.blocks))):
+                    pre = f"blocks.{i}."
+                    h_in, a = saved[i]
+                    da = _silu_backward(torch.bmm(dh, params[pre + "fc2.weight"]), a)
+                    dh = dh + _silu_backward(torch.bmm(da, params[pre + "fc1.weight"]), h_in)
+                k, b, width = dh.shape
+                w_in = params["inp.weight"]  # [K, H, D]
+                return dh.transpose(0, 1).reshape(b, k * width) @ w_in.reshape(k * width, -1)
+
+        return logits, pullback
+
+
+def _silu_backward(grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``grad * SiLU'(z)`` in one kernel (autograd's own derivative of ``F.silu``)."""
+    return torch.ops.aten.silu_backward(grad, z)

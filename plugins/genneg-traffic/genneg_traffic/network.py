@@ -320,9 +320,26 @@ class Footprint(nn.Module):
     With ``lanes`` it also reads the lane fields (:mod:`genneg_traffic.lanes`): the lateral
     offset from the nearest lane centre (metres / 2, clipped to +-2) and the lane's direction
     of travel relative to the agent's heading, ``(cos, sin)`` of their difference, which
-    locate the car within its lane and say whether it is aligned with it."""
+    locate the car within its lane and say whether it is aligned with it.
 
-    def __init__(self, hidden: int, grid=(7, 5), margin: float = 1.0, lanes: bool = False):
+    With ``corners`` it also reads the signed distance (metres / 4, clipped to +-2) at the
+    rectangle's own 3 x 3 grid without margin (its corners, edge midpoints and centre) and
+    their minimum, the quantity the oracle thresholds at ``-offroad_tol``: the margin grid
+    brackets the corners, so without it the MLP has to interpolate the rule from the reads
+    around them (docs/traffic.md: the minimum alone separates offroad cars at AUC 0.95 on the
+    posterior mean at sigma 0.03, the preset's classifier 0.73)."""
+
+    #: the rectangle's own grid read by ``corners``: 3 x 3 points, no margin
+    CORNER_GRID = (3, 3)
+
+    def __init__(
+        self,
+        hidden: int,
+        grid=(7, 5),
+        margin: float = 1.0,
+        lanes: bool = False,
+        corners: bool = False,
+    ):
         super().__init__()
         self.kl, self.kw = int(grid[0]), int(grid[1])
         if self.kl < 2 or self.kw < 2:
@@ -330,17 +347,21 @@ class Footprint(nn.Module):
         self.margin = margin
         self.lanes = lanes
         self.channels = 5 if lanes else 2
-        self.proj = mlp(self.channels * self.kl * self.kw, hidden, hidden)
+        self.corners = corners
+        n_corner = self.CORNER_GRID[0] * self.CORNER_GRID[1] + 1 if corners else 0
+        self.proj = mlp(self.channels * self.kl * self.kw + n_corner, hidden, hidden)
 
-    def points(self, phys: torch.Tensor) -> torch.Tensor:
+    def points(self, phys: torch.Tensor, grid=None, margin: float | None = None) -> torch.Tensor:
         """``[B, A, kl*kw, 2]`` physical positions of the grid points (row-major along the
-        length from the rear-right point)."""
+        length from the rear-right point); ``grid`` and ``margin`` default to the module's."""
+        kl, kw = grid if grid is not None else (self.kl, self.kw)
+        margin = self.margin if margin is None else margin
         h = unit_heading(phys)
-        half_l = phys[..., 2].clamp(0.5, 30.0) / 2 + self.margin
-        half_w = phys[..., 3].clamp(0.5, 10.0) / 2 + self.margin
-        fl = torch.linspace(-1, 1, self.kl, device=phys.device, dtype=phys.dtype)
-        fw = torch.linspace(-1, 1, self.kw, device=phys.device, dtype=phys.dtype)
-        shape = (*phys.shape[:2], self.kl, self.kw)
+        half_l = phys[..., 2].clamp(0.5, 30.0) / 2 + margin
+        half_w = phys[..., 3].clamp(0.5, 10.0) / 2 + margin
+        fl = torch.linspace(-1, 1, kl, device=phys.device, dtype=phys.dtype)
+        fw = torch.linspace(-1, 1, kw, device=phys.device, dtype=phys.dtype)
+        shape = (*phys.shape[:2], kl, kw)
         a = (half_l[..., None, None] * fl[:, None]).expand(shape).flatten(-2)  # along
         b = (half_w[..., None, None] * fw[None, :]).expand(shape).flatten(-2)  # to the left
         c, s = h[..., 0:1], h[..., 1:2]
@@ -348,21 +369,34 @@ class Footprint(nn.Module):
         py = phys[..., 1:2] + a * s + b * c
         return torch.stack([px, py], -1)
 
+    @staticmethod
+    def _sample(fields, pts, map_frame, feature_frame) -> torch.Tensor:
+        """``[B, A, C, P]``: the ``[B, C, R, R]`` fields read bilinearly at the physical
+        points ``pts`` ``[B, A, P, 2]`` (the border's value beyond the raster)."""
+        ff = feature_frame.to(pts.dtype)
+        z = (pts - ff[:, None, None, 0:2]) / ff[:, None, None, N_FEATURES : N_FEATURES + 2]
+        a_x, b_x, a_y, b_y = map_frame.to(pts.dtype).unbind(-1)[:4]
+        u = a_x[:, None, None] * z[..., 0] + b_x[:, None, None]
+        v = a_y[:, None, None] * z[..., 1] + b_y[:, None, None]
+        grid = torch.stack([u, v], -1)  # [B, A, P, 2]
+        out = F.grid_sample(fields, grid, align_corners=False, padding_mode="border")
+        return out.permute(0, 2, 1, 3)  # [B, C, A, P] -> [B, A, C, P]
+
+    def corner_reads(self, phys, sdf, map_frame, feature_frame) -> torch.Tensor:
+        """``[B, A, 10]``: the scaled signed distance at the rectangle's :data:`CORNER_GRID`
+        (no margin) and, last, their minimum (see the class docstring)."""
+        pts = self.points(phys, self.CORNER_GRID, 0.0)
+        field = (sdf.to(phys.dtype) / 4).clamp(-2, 2)
+        d = self._sample(field, pts, map_frame, feature_frame)[:, :, 0]
+        return torch.cat([d, d.amin(-1, keepdim=True)], -1)
+
     def read(self, phys, raster, sdf, map_frame, feature_frame, lanes=None) -> torch.Tensor:
         """``[B, A, C, kl*kw]``: raster and scaled signed distance at :meth:`points` (and, with
         ``lanes``, the scaled offset and the lane direction in the agent's frame)."""
-        pts = self.points(phys)
-        ff = feature_frame.to(phys.dtype)
-        z = (pts - ff[:, None, None, 0:2]) / ff[:, None, None, N_FEATURES : N_FEATURES + 2]
-        a_x, b_x, a_y, b_y = map_frame.to(phys.dtype).unbind(-1)[:4]
-        u = a_x[:, None, None] * z[..., 0] + b_x[:, None, None]
-        v = a_y[:, None, None] * z[..., 1] + b_y[:, None, None]
         chans = [raster.to(phys.dtype) * 2 - 1, (sdf.to(phys.dtype) / 4).clamp(-2, 2)]
         if self.lanes:
             chans.append(lanes.to(phys.dtype))
-        grid = torch.stack([u, v], -1)  # [B, A, P, 2]
-        out = F.grid_sample(torch.cat(chans, 1), grid, align_corners=False, padding_mode="border")
-        out = out.permute(0, 2, 1, 3)  # [B, C, A, P] -> [B, A, C, P]
+        out = self._sample(torch.cat(chans, 1), self.points(phys), map_frame, feature_frame)
         if not self.lanes:
             return out
         h = unit_heading(phys)[..., None]  # [B, A, 2, 1]
@@ -373,8 +407,10 @@ class Footprint(nn.Module):
         return torch.stack([out[:, :, 0], out[:, :, 1], offset, rel_c, rel_s], 2)
 
     def forward(self, phys, raster, sdf, map_frame, feature_frame, lanes=None):
-        reads = self.read(phys, raster, sdf, map_frame, feature_frame, lanes)
-        return self.proj(reads.flatten(-2))
+        reads = self.read(phys, raster, sdf, map_frame, feature_frame, lanes).flatten(-2)
+        if self.corners:
+            reads = torch.cat([reads, self.corner_reads(phys, sdf, map_frame, feature_frame)], -1)
+        return self.proj(reads)
 
 
 class Block(nn.Module):
@@ -414,6 +450,7 @@ class TrafficBackbone(nn.Module):
         pair_pose: bool = False,
         footprint=None,
         lanes: bool = False,
+        corners: bool = False,
         wide_map=None,
     ):
         super().__init__()
@@ -426,7 +463,11 @@ class TrafficBackbone(nn.Module):
         self.pose = PairPose(hidden) if pair_pose else None
         if lanes and not footprint:
             raise ValueError("lanes are read by the footprint: set footprint too")
-        self.footprint = Footprint(hidden, footprint, lanes=lanes) if footprint else None
+        if corners and not footprint:
+            raise ValueError("corners are read by the footprint: set footprint too")
+        self.footprint = (
+            Footprint(hidden, footprint, lanes=lanes, corners=corners) if footprint else None
+        )
         self.wide = WideMap(hidden, *wide_map) if wide_map else None
         self.blocks = nn.ModuleList(Block(hidden, heads, ff_mult) for _ in range(layers))
 
@@ -498,7 +539,8 @@ class TrafficDenoiser(nn.Module):
     Options: ``hidden`` (H), ``heads``, ``layers`` (self/cross pairs), ``ff_mult``,
     ``map_width`` (CNN channels), ``distance_scale`` (RPE frequency scale), ``local_map``
     (side of the road patch read at each agent's position, :class:`LocalMap`; 0 = none),
-    ``pair_pose`` (:class:`PairPose`), ``footprint`` and ``lanes`` (:class:`Footprint`),
+    ``pair_pose`` (:class:`PairPose`), ``footprint``, ``lanes`` and ``corners``
+    (:class:`Footprint`),
     ``wide_map`` (``[k, spacing]``, :class:`WideMap`; off by default).
     """
 
