@@ -163,7 +163,6 @@ class StackedClassifiers:
             logp = logp * mask.to(logp.dtype)
         return logp.sum(dim=(0, 2))
 
-
     def log_prob_grad(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         """``grad_x sum_i log C_i(x; sigma)`` from the network's ``stacked_forward_vjp``, no
         autograd: ``d log sigmoid(l) / dl = sigmoid(-l)`` pulled back through the network,
@@ -176,7 +175,11 @@ class StackedClassifiers:
         with torch.no_grad():
             scale = self.first.network_input(torch.ones_like(x), sigma)
             logits, pullback = self.vjp_fn(
-                self.params, self.buffers, scale * x, self.process.c_noise(sigma), self.cache,
+                self.params,
+                self.buffers,
+                scale * x,
+                self.process.c_noise(sigma),
+                self.cache,
                 **cond,
             )
             g = torch.sigmoid(-logits)

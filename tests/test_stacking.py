@@ -177,8 +177,7 @@ def test_hand_written_gradients_match_autograd_and_mix_with_the_rest():
 
     def by_hand(seeds, granularity="sample"):
         return [
-            TimeClassifier(TinyNetByHand(s, granularity), process).double().eval()
-            for s in seeds
+            TimeClassifier(TinyNetByHand(s, granularity), process).double().eval() for s in seeds
         ]
 
     x = torch.randn(5, 3, dtype=torch.float64)
