@@ -409,3 +409,33 @@ def test_a_stack_with_agent_frame_options_keeps_the_per_classifier_path():
     stacked = GuidedDenoiser(lambda x, s, **c: x, clfs, batched=True).guidance(x, sigma, **cond)
     loop = GuidedDenoiser(lambda x, s, **c: x, clfs, batched=False).guidance(x, sigma, **cond)
     assert loop.abs().max() > 0 and torch.equal(stacked, loop)
+
+
+def test_footprint_corner_reads_are_the_rectangles_own_grid_and_its_minimum():
+    """``corners``: the signed distance at the car's 3 x 3 grid without margin (corners, edge
+    midpoints, centre) and its minimum, exact on a raster whose signed distance is linear;
+    the option widens the MLP's input and needs the footprint."""
+    from genneg_traffic.dataset import feature_frame, map_frame
+    from genneg_traffic.features import Normalizer
+    from genneg_traffic.network import Footprint
+
+    fp = Footprint(hidden=8, grid=(3, 2), margin=1.0, corners=True)
+    phys = torch.tensor([[[10.0, 0.0, 4.0, 2.0, 0.0, 1.0, 0.0]]])  # 4 x 2 m heading +y
+    pts = fp.points(phys, Footprint.CORNER_GRID, 0.0)[0, 0]
+    assert torch.allclose(pts[0], torch.tensor([11.0, -2.0]), atol=1e-5)  # rear right
+    assert torch.allclose(pts[4], torch.tensor([10.0, 0.0]), atol=1e-5)  # the centre
+    R, window = 16, 80.0
+    centres = -40 + 5 * (torch.arange(R) + 0.5)
+    sdf = centres[None, :].expand(R, R)[None, None] / 2 - 4.75  # x / 2 - 4.75 metres
+    norm = Normalizer(mean=[5.0, -5.0, 4.0, 2.0, 0.0, 0.0, 0.0], std=[10.0, 20.0] + [1.0] * 5)
+    reads = fp.corner_reads(phys, sdf, map_frame(norm, window), feature_frame(norm))
+    assert reads.shape == (1, 1, 10)
+    want = (pts[:, 0] / 2 - 4.75) / 4  # the left side (x = 9) is 0.25 m off the road
+    assert torch.allclose(reads[0, 0, :9], want, atol=1e-5)
+    assert reads[0, 0, 9] == reads[0, 0, :9].min() and abs(reads[0, 0, 9] * 4 + 0.25) < 1e-5
+    assert fp.proj[0].in_features == 2 * 3 * 2 + 10
+    raster = (sdf > 0).to(torch.uint8)
+    out = fp(phys, raster, sdf, map_frame(norm, window), feature_frame(norm))
+    assert out.shape == (1, 1, 8)
+    with pytest.raises(ValueError, match="corners are read by the footprint"):
+        TrafficDenoiser(**SMALL, corners=True)
