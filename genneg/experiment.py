@@ -133,9 +133,10 @@ class Experiment:
         return net.to(self.device)
 
     def new_classifier(self) -> TimeClassifier:
-        """A fresh (untrained) guidance classifier, on the run's device."""
+        """A fresh (untrained) guidance classifier, on the run's device (with the
+        ``denoised`` input, reading :attr:`base`: train or load the baseline first)."""
         c = self.cfg.classifier
-        net = build.make_classifier(self.registry, c.network, self.process, c.input)
+        net = build.make_classifier(self.registry, c.network, self.process, c.input, self.base)
         return net.to(self.device)
 
     def guided(self, classifiers) -> GuidedDenoiser:

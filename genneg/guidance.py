@@ -18,8 +18,11 @@ from genneg.diffusion.shapes import broadcast, per_sample
 #: ``c_in``: scaled like the denoiser's input, ``c_in(sigma) x`` (unit variance at every level;
 #: the paper's); ``posterior-mean``: the posterior mean of ``x0`` under the process' Gaussian
 #: data prior, in data-scale units; ``tapered``: ``c_in`` up to ``sigma = sigma_d``, then
-#: decaying like the posterior mean (:func:`classifier_input`).
-INPUTS = ("c_in", "posterior-mean", "tapered")
+#: decaying like the posterior mean (:func:`classifier_input`); ``denoised``: the base
+#: denoiser's ``D(x; sigma)``, the posterior mean under the model (:class:`TimeClassifier`).
+INPUTS = ("c_in", "posterior-mean", "tapered", "denoised")
+#: the inputs that are ``c(sigma) x`` (:func:`classifier_input`)
+LINEAR_INPUTS = ("c_in", "posterior-mean", "tapered")
 
 
 def data_scale(process) -> float:
@@ -47,8 +50,10 @@ def classifier_input(process, sigma: torch.Tensor, x: torch.Tensor, kind: str = 
     ``|grad_u| / 2`` (at ``sigma = sigma_d``) and ``O(1 / sigma)``, as the Bayes classifier's.
     A network that reads positions from its input (the traffic network's map reads) reads them
     at the posterior-mean position, which at high noise is the data's mean."""
-    if kind not in INPUTS:
-        raise ValueError(f"unknown classifier input {kind!r}; choose from {INPUTS}")
+    if kind not in LINEAR_INPUTS:
+        raise ValueError(
+            f"unknown classifier input {kind!r} for classifier_input; choose from {LINEAR_INPUTS}"
+        )
     c = process.c_in(sigma)
     if kind == "posterior-mean":
         c = data_scale(process) * c * c
@@ -62,25 +67,41 @@ class TimeClassifier(nn.Module):
 
     The network sees ``c_noise(sigma)`` and ``x`` scaled as ``input`` says
     (:func:`classifier_input`): by default ``c_in(sigma) * x``, like the denoiser does.
+
+    ``input = "denoised"``: the network sees ``D(x; sigma) / sigma_d``, the base
+    ``denoiser``'s estimate of the clean sample (its posterior mean under the model, where
+    ``posterior-mean`` takes a Gaussian prior's). Still a function of ``x_t``, so Eq. (13)'s
+    optimum is unchanged; the guidance gradient flows through ``D``'s Jacobian, which fades
+    at high noise as the Bayes classifier's term does (Tweedie's formula). ``D`` is used, not
+    owned: it is no submodule (not in the ``state_dict``, not trained with the classifier) and
+    runs without a graph unless ``x`` requires a gradient (guidance).
     """
 
-    def __init__(self, network: nn.Module, process, input: str = "c_in"):
+    def __init__(self, network: nn.Module, process, input: str = "c_in", denoiser=None):
         super().__init__()
         if input not in INPUTS:
             raise ValueError(f"unknown classifier input {input!r}; choose from {INPUTS}")
+        if input == "denoised" and denoiser is None:
+            raise ValueError("classifier input 'denoised' needs the base denoiser (denoiser=)")
         self.network = network
         self.process = process
         self.granularity = network.granularity
         self.input = input
+        object.__setattr__(self, "denoiser", denoiser)  # used, not a submodule
 
-    def network_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """What the network sees of ``x`` at the per-sample levels ``sigma``."""
-        return classifier_input(self.process, broadcast(sigma, x), x, self.input)
+    def network_input(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+        """What the network sees of ``x`` at the per-sample levels ``sigma`` (``cond``: the
+        denoiser's conditions, for the ``denoised`` input)."""
+        if self.input != "denoised":
+            return classifier_input(self.process, broadcast(sigma, x), x, self.input)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+            return self.denoiser(x, sigma, **cond) / data_scale(self.process)
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         """Logits ``[B]`` (per sample) or ``[B, N]`` (per element)."""
         sigma = per_sample(sigma, x)
-        return self.network(self.network_input(x, sigma), self.process.c_noise(sigma), **cond)
+        x_in = self.network_input(x, sigma, **cond)
+        return self.network(x_in, self.process.c_noise(sigma), **cond)
 
     def log_prob(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         """``log C(x; sigma)`` per sample ``[B]``; per-element classifiers sum over the real

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from genneg.diffusion.shapes import per_sample
-from genneg.guidance import TimeClassifier
+from genneg.guidance import LINEAR_INPUTS, TimeClassifier
 
 
 def _signature(clf) -> tuple | None:
@@ -70,7 +70,8 @@ def _signature(clf) -> tuple | None:
         for named in (net.named_parameters(), net.named_buffers())
         for n, t in named
     ]
-    return (type(net), id(clf.process), clf.granularity, clf.input, tuple(tensors))
+    denoiser = id(clf.denoiser)  # the "denoised" input's D: one for the whole stack
+    return (type(net), id(clf.process), clf.granularity, clf.input, denoiser, tuple(tensors))
 
 
 def stackable(classifiers) -> bool:
@@ -106,7 +107,9 @@ class StackedClassifiers:
         self.granularity = first.granularity
         self.first = first
         self.forward_fn = first.network.stacked_forward
-        self.vjp_fn = getattr(first.network, "stacked_forward_vjp", None)
+        # by hand only where the input is c(sigma) x (log_prob_grad), not through D
+        linear_input = first.input in LINEAR_INPUTS
+        self.vjp_fn = getattr(first.network, "stacked_forward_vjp", None) if linear_input else None
         self.max_batch = getattr(first.network, "stack_max_batch", None)
         self._tensors = self._member_tensors()
         self._key = None
@@ -146,7 +149,7 @@ class StackedClassifiers:
         self.refresh()
         sigma = per_sample(sigma, x)
         p = self.process
-        x_in = self.first.network_input(x, sigma)  # as TimeClassifier.forward, once for all K
+        x_in = self.first.network_input(x, sigma, **cond)  # as TimeClassifier.forward, once
         return self.forward_fn(
             self.params, self.buffers, x_in, p.c_noise(sigma), self.cache, **cond
         )

@@ -109,6 +109,47 @@ def test_tapered_is_c_in_up_to_the_data_scale_then_decays(process):
     assert float(scale[-1]) < 0.01 and float(scale[-1]) < float(scale[3])
 
 
+@pytest.mark.parametrize("process", [VPProcess(VPConfig(timesteps=100)), EDMProcess()])
+def test_denoised_input_with_the_gaussian_denoiser_is_the_posterior_mean(process):
+    """On N(0, sigma_d^2) data the exact denoiser is the Gaussian posterior mean, so the
+    ``denoised`` input gives the ``posterior-mean`` classifier's logits and guidance (through
+    D's Jacobian, by autograd), single and stacked; D is used, not owned."""
+    sd = data_scale(process)
+    calls = []
+
+    def gaussian_denoiser(x, sigma, **cond):
+        calls.append(torch.is_grad_enabled() and x.requires_grad)
+        s2 = broadcast_sigma(sigma, x) ** 2
+        return sd**2 / (sd**2 + s2) * x
+
+    def members(kind, den=None):
+        return [
+            TimeClassifier(Linear(seed=s), process, kind, den).eval().requires_grad_(False)
+            for s in (0, 1, 2)
+        ]
+
+    x = torch.randn(5, 3, dtype=torch.float64)
+    sigma = torch.tensor([0.03, 0.5, 2.0, 10.0, 100.0], dtype=torch.float64) * sd
+    den, pm = members("denoised", gaussian_denoiser), members("posterior-mean")
+    with torch.no_grad():
+        torch.testing.assert_close(den[0](x, sigma), pm[0](x, sigma))
+    assert calls == [False]  # no graph through D outside guidance
+    for batched in (False, True):
+        got = GuidedDenoiser(lambda x, s, **c: x, den, batched=batched).guidance(x, sigma)
+        want = GuidedDenoiser(lambda x, s, **c: x, pm, batched=batched).guidance(x, sigma)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert calls[-1] is True and StackedClassifiers(den).vjp_fn is None
+    assert "denoiser" not in dict(den[0].named_modules()) and not any(
+        "denoiser" in k for k in den[0].state_dict()
+    )
+    with pytest.raises(ValueError, match="needs the base denoiser"):
+        TimeClassifier(Linear(), process, "denoised")
+
+
+def broadcast_sigma(sigma, x):
+    return torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
 def test_unknown_input_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown classifier input 'sqrt'"):
         TimeClassifier(Linear(), EDMProcess(), "sqrt")

@@ -74,7 +74,8 @@ def make_denoiser(registry, spec, process):
     return process.precondition(network)
 
 
-def make_classifier(registry, spec, process, input: str = "c_in") -> TimeClassifier:
+def make_classifier(registry, spec, process, input: str = "c_in", denoiser=None):
+    """A :class:`TimeClassifier` (``denoiser``: the base, for the ``denoised`` input)."""
     network = _call_factory(registry, "classifiers", spec, "classifier.network")
     components.check_classifier(network)
-    return TimeClassifier(network, process, input)
+    return TimeClassifier(network, process, input, denoiser if input == "denoised" else None)
