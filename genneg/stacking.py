@@ -88,6 +88,14 @@ def stackable(classifiers) -> bool:
     return all(torch.equal(bufs[0][k], b[k]) for b in bufs[1:] for k in bufs[0])
 
 
+def _as_one_stack(classifiers) -> bool:
+    """:func:`stackable`, or one classifier that could stack (its hand-written gradient is
+    taken as a stack of one, :func:`stacked_guidance_grad`)."""
+    if len(classifiers) == 1:
+        return _signature(classifiers[0]) is not None
+    return stackable(classifiers)
+
+
 class StackedClassifiers:
     """``sum_i log C_i(x; sigma)`` of K :func:`stackable` classifiers in one batched evaluation.
 
@@ -97,7 +105,7 @@ class StackedClassifiers:
 
     def __init__(self, classifiers):
         self.classifiers = list(classifiers)
-        if not stackable(self.classifiers):
+        if not _as_one_stack(self.classifiers):
             raise ValueError(
                 "these classifiers cannot be stacked (different architectures, training mode, "
                 "or no stacked_forward); evaluate them one by one"
@@ -133,7 +141,7 @@ class StackedClassifiers:
         if key == self._key:
             return
         if self._key is None or [p for p, _ in key] != [p for p, _ in self._key]:
-            if not stackable(self.classifiers):  # moved apart, or changed shape
+            if not _as_one_stack(self.classifiers):  # moved apart, or changed shape
                 raise ValueError("the stacked classifiers no longer share one architecture")
             self._tensors = self._member_tensors()
             key = [(t.data_ptr(), t._version) for t in self._tensors]
@@ -166,60 +174,76 @@ class StackedClassifiers:
             logp = logp * mask.to(logp.dtype)
         return logp.sum(dim=(0, 2))
 
-    def log_prob_grad(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+    def log_prob_grad(self, x: torch.Tensor, sigma, one_by_one=False, **cond) -> torch.Tensor:
         """``grad_x sum_i log C_i(x; sigma)`` from the network's ``stacked_forward_vjp``, no
         autograd: ``d log sigmoid(l) / dl = sigmoid(-l)`` pulled back through the network,
         then through the input scaling, ``x_in = c(sigma) x`` for every classifier input
-        (:func:`genneg.guidance.classifier_input`), so ``grad_x = c(sigma) grad_{x_in}``."""
+        (:func:`genneg.guidance.classifier_input`), so ``grad_x = c(sigma) grad_{x_in}``.
+        ``one_by_one``: the members' own weights in turn (a stack of one each; above
+        ``stack_max_batch``, where the stacked activations no longer fit the caches)."""
         if self.vjp_fn is None:
             raise ValueError("this stack's network has no stacked_forward_vjp")
         self.refresh()
         sigma = per_sample(sigma, x)
         with torch.no_grad():
             scale = self.first.network_input(torch.ones_like(x), sigma)
-            logits, pullback = self.vjp_fn(
-                self.params,
-                self.buffers,
-                scale * x,
-                self.process.c_noise(sigma),
-                self.cache,
-                **cond,
-            )
-            g = torch.sigmoid(-logits)
-            mask = cond.get("mask")
-            if self.granularity != "sample" and mask is not None:
-                g = g * mask.to(g.dtype)
-            return scale * pullback(g)
+            x_in, c_noise = scale * x, self.process.c_noise(sigma)
+            members = range(len(self)) if one_by_one else [None]
+            grad = torch.zeros_like(x)
+            for i in members:
+                params = (
+                    self.params if i is None else {k: p[i : i + 1] for k, p in self.params.items()}
+                )
+                cache = self.cache if i is None else {}
+                logits, pullback = self.vjp_fn(params, self.buffers, x_in, c_noise, cache, **cond)
+                g = torch.sigmoid(-logits)
+                mask = cond.get("mask")
+                if self.granularity != "sample" and mask is not None:
+                    g = g * mask.to(g.dtype)
+                grad = grad + pullback(g)
+            return scale * grad
 
 
 def _stack_plan(owner, classifiers) -> tuple:
-    """``(stacks, singles)`` of ``owner``'s classifiers, kept on ``owner`` and rebuilt when the
-    stack (its members, their modes, shapes or devices) changes."""
+    """``(stacks, singles, by_hand)`` of ``owner``'s classifiers: the stackable groups, the
+    others, and those of the others whose gradient the network writes by hand (each a stack of
+    one). Kept on ``owner`` and rebuilt when the stack (its members, their modes, shapes or
+    devices) changes."""
     # the members and their modes; the stacks check their own tensors (refresh)
     key = [(id(c), c.training, getattr(c, "network", c).training) for c in classifiers]
     plan = owner.__dict__.get("_stack_plan")
     if plan is None or plan[0] != key:
         groups, singles = split_stack(classifiers)
-        plan = (key, [StackedClassifiers(g) for g in groups], singles)
+        by_hand = [
+            StackedClassifiers([c])
+            for c in singles
+            if _signature(c) is not None
+            and c.input in LINEAR_INPUTS
+            and getattr(c.network, "stacked_forward_vjp", None) is not None
+        ]
+        plan = (key, [StackedClassifiers(g) for g in groups], singles, by_hand)
         owner.__dict__["_stack_plan"] = plan
-    return plan[1], plan[2]
+    return plan[1], plan[2], plan[3]
 
 
 def stacked_guidance_grad(owner, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
     """``grad_x owner.log_prob(x)`` (the stack's sum, Eq. 9) for guidance: the stackable
     groups whose network implements ``stacked_forward_vjp`` by hand, at batches up to their
-    ``stack_max_batch``; the others through autograd of :func:`stacked_log_prob`'s terms.
-    ``x`` is taken as a constant (the result carries no graph), as guidance takes it."""
-    stacks, singles = _stack_plan(owner, list(owner.classifiers))
+    ``stack_max_batch`` together and above it member by member, and lone classifiers of such
+    a network; the others through autograd of :func:`stacked_log_prob`'s terms. ``x`` is
+    taken as a constant (the result carries no graph), as guidance takes it."""
+    stacks, singles, by_hand = _stack_plan(owner, list(owner.classifiers))
     sigma = per_sample(sigma, x)
     x = x.detach()
     grad = torch.zeros_like(x)
-    rest = list(singles)
-    for stack in stacks:
-        if stack.max_batch is not None and x.shape[0] > stack.max_batch:
+    hand_members = {id(s.first) for s in by_hand}
+    rest = [c for c in singles if id(c) not in hand_members]
+    for stack in [*stacks, *by_hand]:
+        above = stack.max_batch is not None and x.shape[0] > stack.max_batch
+        if stack.vjp_fn is not None:
+            grad = grad + stack.log_prob_grad(x, sigma, one_by_one=above, **cond)
+        elif above:
             rest.extend(stack.classifiers)
-        elif stack.vjp_fn is not None:
-            grad = grad + stack.log_prob_grad(x, sigma, **cond)
         else:
             rest.append(stack)
     if rest:
@@ -255,7 +279,7 @@ def stacked_log_prob(owner, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
     Eq. 9) with each stackable group of ``owner.classifiers`` evaluated as one
     :class:`StackedClassifiers`, the others one by one. The grouping is kept on ``owner`` and
     rebuilt when the stack (its members, their modes, shapes or devices) changes."""
-    stacks, singles = _stack_plan(owner, list(owner.classifiers))
+    stacks, singles, _ = _stack_plan(owner, list(owner.classifiers))
     sigma = per_sample(sigma, x)
     total = x.new_zeros(x.shape[0])
     for stack in stacks:
