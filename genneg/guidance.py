@@ -74,7 +74,9 @@ class TimeClassifier(nn.Module):
     optimum is unchanged; the guidance gradient flows through ``D``'s Jacobian, which fades
     at high noise as the Bayes classifier's term does (Tweedie's formula). ``D`` is used, not
     owned: it is no submodule (not in the ``state_dict``, not trained with the classifier) and
-    runs without a graph unless ``x`` requires a gradient (guidance).
+    runs without a graph unless ``x`` requires a gradient (guidance). Only the exact
+    denoiser's Jacobian damps like Tweedie's: on SUMO traffic an epsilon-predicting network's
+    amplified the gradient and broke guidance (docs/traffic.md, "The footprint's corners").
     """
 
     def __init__(self, network: nn.Module, process, input: str = "c_in", denoiser=None):
