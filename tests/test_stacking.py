@@ -199,7 +199,7 @@ def test_hand_written_gradients_match_autograd_and_mix_with_the_rest():
     torch.testing.assert_close(batched, loop, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="no stacked_forward_vjp"):
         StackedClassifiers(clfs((0, 1))).log_prob_grad(x, sigma)
-    # a lone classifier, and a stack above its stack_max_batch, member by member
+    # a lone classifier; a stack above its stack_max_batch takes autograd, member by member
     lone = GuidedDenoiser(base, hand[:1])
     torch.testing.assert_close(lone.guidance(x, sigma), both(hand[:1], x, sigma)[0])
     assert len(lone._stack_plan[3]) == 1
