@@ -206,13 +206,8 @@ def _stack_plan(owner, classifiers) -> tuple:
     plan = owner.__dict__.get("_stack_plan")
     if plan is None or plan[0] != key:
         groups, singles = split_stack(classifiers)
-        by_hand = [
-            StackedClassifiers([c])
-            for c in singles
-            if _signature(c) is not None
-            and c.input in LINEAR_INPUTS
-            and getattr(c.network, "stacked_forward_vjp", None) is not None
-        ]
+        lone = [StackedClassifiers([c]) for c in singles if _signature(c) is not None]
+        by_hand = [stack for stack in lone if stack.vjp_fn is not None]
         plan = (key, [StackedClassifiers(g) for g in groups], singles, by_hand)
         owner.__dict__["_stack_plan"] = plan
     return plan[1], plan[2], plan[3]

@@ -220,6 +220,12 @@ class LocalMap(nn.Module):
         return F.grid_sample(img, grid, align_corners=False, padding_mode="zeros")[:, 0]
 
 
+def _distance_field(sdf: torch.Tensor, dtype) -> torch.Tensor:
+    """The signed distance to the road edge as :class:`WideMap` and :class:`Footprint` read
+    it: metres / 4, clipped to +-2."""
+    return (sdf.to(dtype) / 4).clamp(-2, 2)
+
+
 class WideMap(nn.Module):
     """The roads within about 15 m of each agent: a ``k x k`` grid of points ``spacing``
     pixels apart (the CPU preset's 7 x 7 at 4 pixels spans +-15 m), centred on the agent's
@@ -243,7 +249,7 @@ class WideMap(nn.Module):
         """``[B, A, 2, k*k]``: raster and scaled signed distance at the grid points, row-major
         from the top-left point."""
         grid = patch_grid(x_in, frame, raster.shape[-1], self.size, self.spacing)
-        chans = torch.cat([raster.to(x_in.dtype) * 2 - 1, (sdf.to(x_in.dtype) / 4).clamp(-2, 2)], 1)
+        chans = torch.cat([raster.to(x_in.dtype) * 2 - 1, _distance_field(sdf, x_in.dtype)], 1)
         out = F.grid_sample(chans, grid, align_corners=False, padding_mode="zeros")
         return out.permute(0, 2, 1, 3)  # [B, C, A, P] -> [B, A, C, P]
 
@@ -335,7 +341,7 @@ class Footprint(nn.Module):
     rectangle's own 3 x 3 grid without margin (its corners, edge midpoints and centre) and
     their minimum, the quantity the oracle thresholds at ``-offroad_tol``: the margin grid
     brackets the corners, so without it the MLP has to interpolate the rule from the reads
-    around them (docs/traffic.md: the minimum alone separates offroad cars at AUC 0.95 on the
+    around them (docs/traffic.md: the minimum alone separates offroad cars at AUC 0.98 on the
     posterior mean at sigma 0.03, the preset's classifier 0.73)."""
 
     #: the rectangle's own grid read by ``corners``: 3 x 3 points, no margin
@@ -395,14 +401,13 @@ class Footprint(nn.Module):
         """``[B, A, 10]``: the scaled signed distance at the rectangle's :data:`CORNER_GRID`
         (no margin) and, last, their minimum (see the class docstring)."""
         pts = self.points(phys, self.CORNER_GRID, 0.0)
-        field = (sdf.to(phys.dtype) / 4).clamp(-2, 2)
-        d = self._sample(field, pts, map_frame, feature_frame)[:, :, 0]
+        d = self._sample(_distance_field(sdf, phys.dtype), pts, map_frame, feature_frame)[:, :, 0]
         return torch.cat([d, d.amin(-1, keepdim=True)], -1)
 
     def read(self, phys, raster, sdf, map_frame, feature_frame, lanes=None) -> torch.Tensor:
         """``[B, A, C, kl*kw]``: raster and scaled signed distance at :meth:`points` (and, with
         ``lanes``, the scaled offset and the lane direction in the agent's frame)."""
-        chans = [raster.to(phys.dtype) * 2 - 1, (sdf.to(phys.dtype) / 4).clamp(-2, 2)]
+        chans = [raster.to(phys.dtype) * 2 - 1, _distance_field(sdf, phys.dtype)]
         if self.lanes:
             chans.append(lanes.to(phys.dtype))
         out = self._sample(torch.cat(chans, 1), self.points(phys), map_frame, feature_frame)
