@@ -160,12 +160,17 @@ class ClassifierConfig:
     #: ``train.log_every`` window, i.e. early stopping (:mod:`genneg.engine.selection`); needs
     #: ``holdout > 0``.
     select: str = attrs.field(default="last", validator=v.in_(("last", "holdout")))
+    #: ``> 0``: the classifier's loss adds that multiple of the guided model's denoising-loss
+    #: change on the synthetic set's valid samples (:func:`genneg.losses.guided_denoising_change`:
+    #: the r-ELBO's per-level term; same optimum as Eq. 13, Theorem 1's guidance); ``0``: Eq.
+    #: (13) alone, the paper's.
+    score_weight: float = attrs.field(default=0.0, validator=v.ge(0.0))
 
     def loss_options(self) -> dict:
         """The keyword arguments of :func:`genneg.engine.train.train_classifier` this config
-        sets besides the training loop's: weighting, element loss, targets, minibatch and
-        selection."""
-        names = ("weighting", "element_loss", "targets", "minibatch", "select")
+        sets besides the training loop's: weighting, element loss, targets, minibatch,
+        selection and the score term's weight."""
+        names = ("weighting", "element_loss", "targets", "minibatch", "select", "score_weight")
         return {name: getattr(self, name) for name in names}
 
     def __attrs_post_init__(self):

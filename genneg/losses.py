@@ -42,6 +42,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from genneg import rng
 from genneg.classifier_targets import posterior_targets
@@ -210,6 +211,10 @@ class ClassifierLoss:
     :param targets: ``hard`` (the oracle's labels) or ``posterior`` (the labels averaged over
         which training point of the minibatch made ``x_t``: the same expected loss, less label
         noise; :mod:`genneg.classifier_targets`).
+    :param score_weight: ``> 0`` adds that multiple of :func:`guided_denoising_change` on the
+        minibatch's valid rows (scaled by ``1 / pi1``, an estimate of its mean over the valid
+        samples); needs ``model``, the denoiser that drew the synthetic set (the current
+        stacked model).
     """
 
     def __init__(
@@ -221,13 +226,22 @@ class ClassifierLoss:
         pi1: float = 0.5,
         element_loss: str = "per-element",
         targets: str = "hard",
+        score_weight: float = 0.0,
+        model=None,
     ):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; choose from {WEIGHTINGS}")
         if element_loss not in ELEMENT_LOSSES:
             raise ValueError(f"unknown element_loss {element_loss!r}; choose from {ELEMENT_LOSSES}")
+        if score_weight < 0:
+            raise ValueError(f"score_weight must be >= 0, got {score_weight}")
+        if score_weight and model is None:
+            raise ValueError(
+                "score_weight > 0 needs model= (the denoiser that drew the synthetic set)"
+            )
         self.process, self.alpha, self.weighting, self.pi1 = process, alpha, weighting, pi1
         self.element_loss, self.targets = element_loss, targets
+        self.score_weight, self.model = score_weight, model
 
     def __call__(
         self, classifier, x0, cond, labels, element_labels=None, generator=None
@@ -241,7 +255,7 @@ class ClassifierLoss:
 
         def mean_fn(rows):
             c = index_cond(cond, rows)
-            return weighted_bce(
+            bce = weighted_bce(
                 classifier(xt[rows], sigma[rows], **c),
                 targets[rows],
                 weights[rows],
@@ -249,5 +263,52 @@ class ClassifierLoss:
                 mask=c.get("mask"),
                 element_loss=self.element_loss,
             )
+            if not self.score_weight:
+                return bce
+            valid = labels[rows].nonzero().squeeze(1)
+            if len(valid) == 0:
+                return bce
+            change = guided_denoising_change(
+                classifier,
+                self.model,
+                xt[rows][valid],
+                x0[rows][valid],
+                sigma[rows][valid],
+                index_cond(c, valid),
+            )
+            n_rows = len(labels[rows])
+            return bce + self.score_weight * change.sum() / (n_rows * self.pi1)
 
         return sharded_mean(mean_fn, x0.shape[0])
+
+
+def guided_denoising_change(classifier, model, xt, x0, sigma, cond) -> torch.Tensor:
+    """Per row, the change that guiding ``model`` with ``classifier`` makes to its denoising
+    loss at ``x_t = x0 + sigma eps`` (nats, summed over real coordinates):
+
+        1/2 |eps - eps_hat_guided|^2 - 1/2 |eps - eps_hat|^2
+            = g . (D(x_t) - x0) + sigma^2 / 2 |g|^2,     g = grad_x log C(x_t; sigma),
+
+    since guidance (Eq. 9) moves ``D`` by ``sigma^2 g``, i.e. ``eps_hat`` by ``-sigma g``. It is
+    one level's term of the guided model's r-ELBO (:mod:`genneg.elbo`) with the sign flipped.
+
+    Its mean over valid samples ``x0 ~ p(x0 | y = 1)`` of ``model`` is minimised, over all
+    functions ``g``, by ``sigma^2 g = E[x0 | x_t, y = 1] - D(x_t)``; with ``D`` the model's exact
+    posterior mean that is ``sigma^2 grad log p(y = 1 | x_t)`` (Tweedie's formula for the model
+    and for its valid part): Theorem 1's guidance, the optimum of Eq. (13) too. So as a second
+    term of the classifier's loss it keeps Eq. (13)'s optimum (for a per-sample or ``joint``
+    classifier; a ``per-element`` one's BCE optimum counts shared infractions more than once,
+    and the two then pull apart), and it trains the classifier's input gradient directly where
+    Eq. (13) only trains its values: a gradient that moves valid samples off their denoising
+    target costs in this term what it costs the guided model's likelihood.
+    ``model`` runs without a graph; the classifier's gradient keeps its graph (double
+    backward, through the math attention kernel), so the term trains it."""
+    with torch.no_grad():
+        denoised = model(xt, sigma, **cond)
+    x = xt.detach().requires_grad_(True)
+    # the fused attention kernels have no double backward; the math one has
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+        log_c = classifier.log_prob(x, sigma, **cond)
+        grad = torch.autograd.grad(log_c.sum(), x, create_graph=True)[0]
+    change = grad * (denoised - x0) + 0.5 * broadcast(sigma, x) ** 2 * grad**2
+    return masked_sum(change, cond)

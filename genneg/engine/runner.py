@@ -167,10 +167,10 @@ class _Run:
         """Algorithm 1's loop body: a labelled synthetic set from the current (stacked) model,
         then a classifier trained on it with Eq. (13)."""
         exp, cfg, rd = self.exp, self.cfg, self.rd
-        t0 = time.perf_counter()
+        t0, current = time.perf_counter(), exp.guided(classifiers)
         synth = draw_labelled(
             exp.synth_sampler,
-            exp.guided(classifiers),
+            current,
             exp.oracle,
             cfg.oracle.name,
             cfg.synth,
@@ -201,6 +201,7 @@ class _Run:
             synth,
             **cfg.classifier.loss_options(),
             held=held,
+            model=current,
             process=exp.process,
             train=cfg.classifier.train,
             generator=self.generator(name, "train"),

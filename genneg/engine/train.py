@@ -176,6 +176,8 @@ def train_classifier(
     minibatch="uniform",
     select="last",
     held=None,
+    score_weight=0.0,
+    model=None,
 ):
     """Fit ``classifier`` (a :class:`genneg.guidance.TimeClassifier`) in place on a synthetic
     set (:class:`genneg.engine.synth.SynthResult`) with the importance-weighted BCE of
@@ -190,7 +192,11 @@ def train_classifier(
 
     ``select="holdout"``: the weights that scored best on ``held`` (the synthetic set's
     held-out part, a :class:`~genneg.engine.synth.LabelledSet`) at the end of a log window are
-    the classifier's at the end (:mod:`genneg.engine.selection`); ``"last"``: the last step's."""
+    the classifier's at the end (:mod:`genneg.engine.selection`); ``"last"``: the last step's.
+
+    ``score_weight > 0``: the loss also charges the guided ``model``'s denoising-loss change
+    on the valid rows (:func:`genneg.losses.guided_denoising_change`); ``model`` is the
+    denoiser that drew ``synth``."""
     if select not in SELECTIONS:
         raise ValueError(f"classifier select must be one of {SELECTIONS}, got {select!r}")
     if select == "holdout" and (held is None or len(held) == 0):
@@ -220,6 +226,8 @@ def train_classifier(
         pi1=pi1,
         element_loss=element_loss,
         targets=targets,
+        score_weight=score_weight,
+        model=model,
     )
 
     def loss_fn(step):

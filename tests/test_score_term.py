@@ -1,0 +1,98 @@
+"""The classifier loss's score term (:func:`genneg.losses.guided_denoising_change`): it is the
+guided model's change of denoising loss, its minimiser over valid data is the Bayes classifier
+(the optimum of Eq. 13, Theorem 1's guidance), training with it still reaches the Bayes
+classifier, and bad settings are clear errors."""
+
+import pytest
+import torch
+
+from genneg.config import ClassifierConfig, ComponentSpec, TrainConfig
+from genneg.diffusion.edm import EDMProcess
+from genneg.engine.train import train_classifier
+from genneg.guidance import GuidedDenoiser, TimeClassifier
+from genneg.losses import ClassifierLoss, guided_denoising_change
+from tests.test_classifier_quality import DATA, SmallClassifier, bayes, trained  # noqa: F401
+
+
+class ScaledBayes(torch.nn.Module):
+    """``log C = log Phi(a m / sqrt(v))``: the Bayes classifier of the half-line at ``a = 1``,
+    a sharper (``a > 1``) or flatter (``a < 1``) one otherwise."""
+
+    granularity = "sample"
+
+    def __init__(self, a: float):
+        super().__init__()
+        self.a = a
+
+    def log_prob(self, x, sigma, **cond):
+        s2 = DATA.s**2
+        m = (s2 * x[:, 0] + sigma**2 * DATA.mu) / (s2 + sigma**2)
+        v = s2 * sigma**2 / (s2 + sigma**2)
+        return torch.special.log_ndtr(self.a * m / torch.sqrt(v))
+
+
+def test_score_term_is_the_guided_models_change_of_denoising_loss():
+    torch.manual_seed(0)
+    clf = TimeClassifier(SmallClassifier(), EDMProcess()).eval()
+    x0 = DATA.sample(256, torch.Generator().manual_seed(1))
+    sigma = torch.exp(torch.linspace(-3, 2, 256))
+    xt = x0 + sigma[:, None] * torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    guided = GuidedDenoiser(DATA.denoiser, [clf], batched=False)
+    with torch.no_grad():
+        plain_err = ((DATA.denoiser(xt, sigma) - x0) ** 2).sum(1)
+        guided_err = ((guided(xt, sigma) - x0) ** 2).sum(1)
+    expected = 0.5 * (guided_err - plain_err) / sigma**2  # 1/2 |eps - eps_hat|^2 change
+    got = guided_denoising_change(clf, DATA.denoiser, xt, x0, sigma, {})
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.4, 1.5])
+def test_score_term_over_valid_data_is_least_for_the_bayes_classifier(sigma):
+    """Mean over valid samples (common noise): the Bayes classifier (a = 1) has the least
+    change, and it is a gain (guidance towards the truncated base lowers the denoising loss
+    of valid data); sharper or flatter classifiers lose some of it."""
+    g = torch.Generator().manual_seed(3)
+    x0 = DATA.sample(400_000, g)
+    x0 = x0[x0[:, 0] > 0]
+    s = torch.full((len(x0),), sigma)
+    xt = x0 + sigma * torch.randn(x0.shape, generator=g)
+    scales = [0.5, 0.8, 1.0, 1.25, 2.0]
+    means = {
+        a: float(guided_denoising_change(ScaledBayes(a), DATA.denoiser, xt, x0, s, {}).mean())
+        for a in scales
+    }
+    assert min(means, key=means.get) == 1.0, means
+    assert means[1.0] < 0, means
+    assert means[0.5] - means[1.0] > 1e-3 and means[2.0] - means[1.0] > 1e-3, means
+
+
+def test_training_with_the_score_term_reaches_the_bayes_classifier(trained):  # noqa: F811
+    process, synth, _, _ = trained
+    clf = TimeClassifier(SmallClassifier(), process)
+    train_classifier(
+        clf,
+        synth,
+        weighting="is",
+        process=process,
+        train=TrainConfig(steps=1000, batch_size=512, lr=3e-3, log_every=1000),
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+        score_weight=1.0,
+        model=DATA.denoiser,
+    )
+    clf.eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(4)
+    x0 = DATA.sample(4000, g)
+    for sigma in process.sampling_sigmas(32)[:-1].tolist():
+        xt = x0 + sigma * torch.randn(x0.shape, generator=g)
+        p = torch.sigmoid(clf(xt, torch.full((len(xt),), sigma)))
+        assert float((p - bayes(xt, torch.tensor(sigma))).abs().mean()) < 0.05
+
+
+def test_score_term_settings_are_checked():
+    with pytest.raises(ValueError, match="needs model="):
+        ClassifierLoss(EDMProcess(), alpha=0.5, score_weight=1.0)
+    with pytest.raises(ValueError, match="score_weight must be >= 0"):
+        ClassifierLoss(EDMProcess(), alpha=0.5, score_weight=-1.0, model=DATA.denoiser)
+    with pytest.raises(ValueError, match="score_weight"):
+        ClassifierConfig(network=ComponentSpec(name="mlp"), score_weight=-0.5)
