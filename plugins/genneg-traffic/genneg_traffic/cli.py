@@ -108,7 +108,15 @@ def build_dataset(preset, source, name, data_root, seed, max_agents, raster, opt
 )
 @click.option("--rows", default=None, help="Comma-separated subset of the Table 1 rows.")
 @click.option("--resume", is_flag=True, help="Continue killed runs.")
-def table_cmd(size, out, assignments, rows, resume):
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Rows run at once after the baseline, each in its own process (0: one per CPU core, "
+    "one on a GPU).",
+)
+def table_cmd(size, out, assignments, rows, resume, jobs):
     """Table 1: baseline, by-scene, by-agent (w/ and w/o IS), stacked and distilled, sharing
     one baseline; writes table.md, a Fig. 1-style picture and infraction heat maps."""
     from genneg_traffic.table import run_table
@@ -124,6 +132,7 @@ def table_cmd(size, out, assignments, rows, resume):
             rows=rows.split(",") if rows else None,
             progress=sys.stderr.isatty(),
             log=click.echo,
+            jobs=jobs,
         )
     except Exception as exc:  # show engine errors without a traceback
         from genneg import GennegError

@@ -61,15 +61,20 @@ def test_tiny_table(tmp_path):
         "eval.elbo_points=20",
         "eval.elbo_k=2",
     ]
+    lines = []
     text = run_table(
         "traffic",
         str(tmp_path / "runs"),
         assignments=sets,
-        rows=["agent", "agent-joint"],
+        rows=["agent-joint", "agent"],
         progress=False,
-        log=lambda *a: None,
+        log=lines.append,
+        jobs=2,  # the rows in two worker processes
     )
     assert "baseline DM" in text
+    started = [line for line in lines if "(worker process)" in line]
+    assert len(started) == 2 and "agent ->" in started[0]  # the longer row first
+    assert sum(": done (" in line for line in lines) == 2
     joint = tmp_path / "runs" / "agent-joint"
     assert 'element_loss = "joint"' in (joint / "config.toml").read_text()
     assert '"event": "eval"' in (joint / "metrics.jsonl").read_text()

@@ -3,7 +3,8 @@
 
 import json
 
-from genneg_traffic.table import format_table
+import pytest
+from genneg_traffic.table import format_table, run_table
 
 
 def _eval(stage, infraction, elbo):
@@ -28,3 +29,9 @@ def test_a_cut_metrics_line_does_not_break_the_table(tmp_path):
     table = format_table(tmp_path)
     assert "| baseline DM | 10.00 ± 0.50 | 5.00 ± 0.20 | 30.00 ± 1.00 | -6.500 ± 0.100 |" in table
     assert len(table.splitlines()) == 3  # header, rule, the one finished row
+
+
+def test_an_unknown_row_is_an_error_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="unknown Table 1 row 'agnet'"):
+        run_table("traffic", str(tmp_path), rows=["agent", "agnet"], log=lambda *a: None)
+    assert not (tmp_path / "baseline").exists()
