@@ -84,19 +84,34 @@ def synthetic_set():
     return process, synth
 
 
-def trained_classifier(process, synth, input="c_in") -> TimeClassifier:
-    """A :class:`SmallClassifier` trained on ``synth`` with Eq. (13), frozen."""
+def trained_classifier(process, synth, input="c_in", steps=2000, **options) -> TimeClassifier:
+    """A :class:`SmallClassifier` trained on ``synth`` with Eq. (13) (``options``: more
+    keywords of ``train_classifier``), frozen."""
     clf = TimeClassifier(SmallClassifier(), process, input)
     train_classifier(
         clf,
         synth,
         weighting="is",
         process=process,
-        train=TrainConfig(steps=2000, batch_size=512, lr=3e-3, log_every=2000),
+        train=TrainConfig(steps=steps, batch_size=512, lr=3e-3, log_every=steps),
         generator=torch.Generator().manual_seed(3),
         progress=False,
+        **options,
     )
     return clf.eval().requires_grad_(False)
+
+
+def worst_bayes_error(process, clf) -> float:
+    """The largest, over the sampler's noise levels, mean ``|C - Bayes|`` on noised base
+    samples."""
+    g = torch.Generator().manual_seed(4)
+    x0 = DATA.sample(4000, g)
+    worst = 0.0
+    for sigma in process.sampling_sigmas(32)[:-1].tolist():
+        xt = x0 + sigma * torch.randn(x0.shape, generator=g)
+        p = torch.sigmoid(clf(xt, torch.full((len(xt),), sigma)))
+        worst = max(worst, float((p - bayes(xt, torch.tensor(sigma))).abs().mean()))
+    return worst
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +130,7 @@ def test_alpha_of_the_synthetic_set_is_the_base_mass_of_the_valid_set(trained):
 
 def test_trained_classifier_is_close_to_bayes_at_the_sampler_noise_levels(trained):
     process, _, _, clf = trained
-    g = torch.Generator().manual_seed(4)
-    x0 = DATA.sample(4000, g)
-    worst = 0.0
-    for sigma in process.sampling_sigmas(32)[:-1].tolist():
-        xt = x0 + sigma * torch.randn(x0.shape, generator=g)
-        p = torch.sigmoid(clf(xt, torch.full((len(xt),), sigma)))
-        worst = max(worst, float((p - bayes(xt, torch.tensor(sigma))).abs().mean()))
-    assert worst < 0.05
+    assert worst_bayes_error(process, clf) < 0.05
 
 
 def test_guided_samples_follow_the_truncated_base(trained):
@@ -322,24 +330,8 @@ def test_posterior_targets_limits_and_errors(trained):
 def test_posterior_targets_train_a_classifier_close_to_bayes(trained):
     """The pipeline with posterior targets: also within 0.05 of the Bayes classifier."""
     process, synth, _, _ = trained
-    clf = TimeClassifier(SmallClassifier(), process)
-    train_classifier(
-        clf,
-        synth,
-        weighting="is",
-        process=process,
-        train=TrainConfig(steps=1000, batch_size=512, lr=3e-3, log_every=1000),
-        generator=torch.Generator().manual_seed(3),
-        progress=False,
-        targets="posterior",
-    )
-    clf.eval().requires_grad_(False)
-    g = torch.Generator().manual_seed(4)
-    x0 = DATA.sample(4000, g)
-    for sigma in process.sampling_sigmas(32)[:-1].tolist():
-        xt = x0 + sigma * torch.randn(x0.shape, generator=g)
-        p = torch.sigmoid(clf(xt, torch.full((len(xt),), sigma)))
-        assert float((p - bayes(xt, torch.tensor(sigma))).abs().mean()) < 0.05
+    clf = trained_classifier(process, synth, steps=1000, targets="posterior")
+    assert worst_bayes_error(process, clf) < 0.05
 
 
 def test_cosine_learning_rate_schedule():

@@ -6,12 +6,17 @@ classifier, and bad settings are clear errors."""
 import pytest
 import torch
 
-from genneg.config import ClassifierConfig, ComponentSpec, TrainConfig
+from genneg.config import ClassifierConfig, ComponentSpec
 from genneg.diffusion.edm import EDMProcess
-from genneg.engine.train import train_classifier
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.losses import ClassifierLoss, guided_denoising_change
-from tests.test_classifier_quality import DATA, SmallClassifier, bayes, trained  # noqa: F401
+from tests.test_classifier_quality import (  # noqa: F401
+    DATA,
+    SmallClassifier,
+    trained,
+    trained_classifier,
+    worst_bayes_error,
+)
 
 
 class ScaledBayes(torch.nn.Module):
@@ -68,25 +73,8 @@ def test_score_term_over_valid_data_is_least_for_the_bayes_classifier(sigma):
 
 def test_training_with_the_score_term_reaches_the_bayes_classifier(trained):  # noqa: F811
     process, synth, _, _ = trained
-    clf = TimeClassifier(SmallClassifier(), process)
-    train_classifier(
-        clf,
-        synth,
-        weighting="is",
-        process=process,
-        train=TrainConfig(steps=1000, batch_size=512, lr=3e-3, log_every=1000),
-        generator=torch.Generator().manual_seed(3),
-        progress=False,
-        score_weight=1.0,
-        model=DATA.denoiser,
-    )
-    clf.eval().requires_grad_(False)
-    g = torch.Generator().manual_seed(4)
-    x0 = DATA.sample(4000, g)
-    for sigma in process.sampling_sigmas(32)[:-1].tolist():
-        xt = x0 + sigma * torch.randn(x0.shape, generator=g)
-        p = torch.sigmoid(clf(xt, torch.full((len(xt),), sigma)))
-        assert float((p - bayes(xt, torch.tensor(sigma))).abs().mean()) < 0.05
+    clf = trained_classifier(process, synth, steps=1000, score_weight=1.0, model=DATA.denoiser)
+    assert worst_bayes_error(process, clf) < 0.05
 
 
 def test_score_term_settings_are_checked():
