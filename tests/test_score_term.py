@@ -30,10 +30,8 @@ class ScaledBayes(torch.nn.Module):
         self.a = a
 
     def log_prob(self, x, sigma, **cond):
-        s2 = DATA.s**2
-        m = (s2 * x[:, 0] + sigma**2 * DATA.mu) / (s2 + sigma**2)
-        v = s2 * sigma**2 / (s2 + sigma**2)
-        return torch.special.log_ndtr(self.a * m / torch.sqrt(v))
+        mean = DATA.denoiser(x, sigma)[:, 0]  # x0 | x ~ N(mean, var), as in ``bayes``
+        return torch.special.log_ndtr(self.a * mean / torch.sqrt(DATA.posterior_var(sigma)))
 
 
 def test_score_term_is_the_guided_models_change_of_denoising_loss():
