@@ -149,7 +149,8 @@ def _row_rank(suffix: str) -> int:
 
 def _run_parallel(configs: dict, out: Path, resume, jobs: int, log) -> None:
     """The rows in ``jobs`` worker processes (spawned: no torch state is shared), logging
-    each start and end; the first failure is raised once the running rows are done."""
+    each start and end; the first failure is raised once every submitted row has ended (the
+    others run on: each is its own run directory)."""
     context = multiprocessing.get_context("spawn")
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=context) as pool:
