@@ -49,6 +49,7 @@ from genneg.classifier_targets import posterior_targets
 from genneg.components import index_cond
 from genneg.diffusion.shapes import broadcast, masked_sum, real_dims
 from genneg.distributed import sharded_mean
+from genneg.guidance import log_prob_from_logits
 
 #: ``is``: Gen-neG (Eq. 13); ``no-is``: balanced set, equal weights (the paper's "w/o IS");
 #: ``imbalanced``: the natural label ratio, equal weights (App. C.2).
@@ -253,31 +254,44 @@ class ClassifierLoss:
         if self.targets == "posterior":
             targets = posterior_targets(xt, sigma, x0, labels, weights)
 
-        def mean_fn(rows):
-            c = index_cond(cond, rows)
-            bce = weighted_bce(
-                classifier(xt[rows], sigma[rows], **c),
-                targets[rows],
-                weights[rows],
-                element_labels=None if element_labels is None else element_labels[rows],
+        def bce(logits, idx, c):
+            return weighted_bce(
+                logits,
+                targets[idx],
+                weights[idx],
+                element_labels=None if element_labels is None else element_labels[idx],
                 mask=c.get("mask"),
                 element_loss=self.element_loss,
             )
-            if not self.score_weight:
-                return bce
-            valid = labels[rows].nonzero().squeeze(1)
+
+        def mean_fn(rows):
+            idx = torch.arange(x0.shape[0], device=x0.device)[rows]
+            valid = idx[labels[idx]] if self.score_weight else idx[:0]
             if len(valid) == 0:
-                return bce
-            change = guided_denoising_change(
-                classifier,
-                self.model,
-                xt[rows][valid],
-                x0[rows][valid],
-                sigma[rows][valid],
-                index_cond(c, valid),
+                c = index_cond(cond, rows)
+                return bce(classifier(xt[rows], sigma[rows], **c), rows, c)
+            # the valid rows' one forward pass serves the BCE and the score term
+            c_valid = index_cond(cond, valid)
+            x = xt[valid].detach().requires_grad_(True)
+            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+                logits_valid = classifier(x, sigma[valid], **c_valid)
+                change = _denoising_change(
+                    log_prob_from_logits(logits_valid, classifier.granularity, c_valid.get("mask")),
+                    x,
+                    self.model,
+                    x0[valid],
+                    sigma[valid],
+                    c_valid,
+                )
+            rest = idx[~labels[idx]]
+            idx, logits = valid, logits_valid
+            if len(rest):
+                c_rest = index_cond(cond, rest)
+                idx = torch.cat([valid, rest])
+                logits = torch.cat([logits_valid, classifier(xt[rest], sigma[rest], **c_rest)])
+            return bce(logits, idx, index_cond(cond, idx)) + self.score_weight * change.sum() / (
+                len(idx) * self.pi1
             )
-            n_rows = len(labels[rows])
-            return bce + self.score_weight * change.sum() / (n_rows * self.pi1)
 
         return sharded_mean(mean_fn, x0.shape[0])
 
@@ -303,12 +317,17 @@ def guided_denoising_change(classifier, model, xt, x0, sigma, cond) -> torch.Ten
     target costs in this term what it costs the guided model's likelihood.
     ``model`` runs without a graph; the classifier's gradient keeps its graph (double
     backward, through the math attention kernel), so the term trains it."""
-    with torch.no_grad():
-        denoised = model(xt, sigma, **cond)
     x = xt.detach().requires_grad_(True)
     # the fused attention kernels have no double backward; the math one has
     with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-        log_c = classifier.log_prob(x, sigma, **cond)
-        grad = torch.autograd.grad(log_c.sum(), x, create_graph=True)[0]
+        return _denoising_change(classifier.log_prob(x, sigma, **cond), x, model, x0, sigma, cond)
+
+
+def _denoising_change(log_c, x, model, x0, sigma, cond) -> torch.Tensor:
+    """:func:`guided_denoising_change` from ``log C`` per row of ``x`` (which requires a
+    gradient; call under ``torch.enable_grad()`` and the math attention kernel)."""
+    with torch.no_grad():
+        denoised = model(x.detach(), sigma, **cond)
+    grad = torch.autograd.grad(log_c.sum(), x, create_graph=True)[0]
     change = grad * (denoised - x0) + 0.5 * broadcast(sigma, x) ** 2 * grad**2
     return masked_sum(change, cond)

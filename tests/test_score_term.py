@@ -61,7 +61,9 @@ def test_score_term_over_valid_data_is_least_for_the_bayes_classifier(sigma):
     xt = x0 + sigma * torch.randn(x0.shape, generator=g)
     scales = [0.5, 0.8, 1.0, 1.25, 2.0]
     means = {
-        a: float(guided_denoising_change(ScaledBayes(a), DATA.denoiser, xt, x0, s, {}).mean())
+        a: float(
+            guided_denoising_change(ScaledBayes(a), DATA.denoiser, xt, x0, s, {}).detach().mean()
+        )
         for a in scales
     }
     assert min(means, key=means.get) == 1.0, means
@@ -73,6 +75,75 @@ def test_training_with_the_score_term_reaches_the_bayes_classifier(trained):  # 
     process, synth, _, _ = trained
     clf = trained_classifier(process, synth, steps=1000, score_weight=1.0, model=DATA.denoiser)
     assert worst_bayes_error(process, clf) < 0.05
+
+
+class ElementNet(torch.nn.Module):
+    """Per-element logits ``[B, N]`` of ``x [B, N, 2]``, with parameters."""
+
+    granularity = "element"
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(3, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1)
+        )
+
+    def forward(self, x_in, c_noise, **cond):
+        noise = c_noise[:, None, None].expand(-1, x_in.shape[1], 1)
+        return self.net(torch.cat([x_in, noise], dim=-1)).squeeze(-1)
+
+
+def _element_case():
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(24, 4, 2, generator=g)
+    mask = torch.rand(24, 4, generator=g) < 0.7
+    mask[:, 0] = True
+    labels = torch.rand(24, generator=g) < 0.4
+    element_labels = labels[:, None] | (torch.rand(24, 4, generator=g) < 0.5)
+    return x0, {"mask": mask}, labels, element_labels
+
+
+def _sample_case():
+    g = torch.Generator().manual_seed(6)
+    x0 = DATA.sample(24, g)
+    return x0, {}, x0[:, 0] > 0, None
+
+
+@pytest.mark.parametrize("case", ["sample", "element"])
+def test_classifier_loss_adds_the_score_term_over_the_valid_rows(case):
+    """``ClassifierLoss(score_weight=w)`` is Eq. (13)'s BCE plus ``w`` times the valid rows'
+    :func:`guided_denoising_change`, summed and divided by ``n pi1``, in value and in the
+    classifier's parameter gradients (one forward pass of the valid rows serves both)."""
+    torch.manual_seed(0)
+    x0, cond, labels, element_labels = _sample_case() if case == "sample" else _element_case()
+    clf = TimeClassifier(SmallClassifier() if case == "sample" else ElementNet(), EDMProcess())
+    model = DATA.denoiser if case == "sample" else (lambda x, sigma, **c: 0.8 * x)
+    w, pi1 = 0.7, 0.5
+
+    def loss_and_grads(weight):
+        loss = ClassifierLoss(EDMProcess(), alpha=0.6, pi1=pi1, score_weight=weight, model=model)
+        clf.zero_grad()
+        value = loss(clf, x0, cond, labels, element_labels, torch.Generator().manual_seed(7))
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in clf.parameters()]
+
+    # the same noise draw as the loss's (its generator, seed 7)
+    g = torch.Generator().manual_seed(7)
+    sigma = EDMProcess().sample_classifier_sigma(len(x0), g, x0.device)
+    xt = x0 + sigma.reshape(-1, *[1] * (x0.ndim - 1)) * torch.randn(x0.shape, generator=g)
+    valid = labels.nonzero().squeeze(1)
+    c_valid = {k: v[valid] for k, v in cond.items()}
+    clf.zero_grad()
+    term = guided_denoising_change(clf, model, xt[valid], x0[valid], sigma[valid], c_valid)
+    term = term.sum() / (len(x0) * pi1)
+    term.backward()
+    term_grads = [p.grad.clone() for p in clf.parameters()]
+    bce, bce_grads = loss_and_grads(0.0)
+    total, total_grads = loss_and_grads(w)
+    assert 0 < len(valid) < len(x0)
+    torch.testing.assert_close(total, bce + w * term.detach(), rtol=1e-5, atol=1e-6)
+    for got, b, t in zip(total_grads, bce_grads, term_grads):
+        torch.testing.assert_close(got, b + w * t, rtol=1e-4, atol=1e-6)
 
 
 def test_score_term_settings_are_checked():

@@ -25,8 +25,11 @@ def test_registered_components():
         assert reg.get("presets", name)().sampling.sampler == "ddpm-langevin"
         # classifiers see the Gaussian posterior mean of the scene (docs/traffic.md)
         assert reg.get("presets", name)().classifier.input == "posterior-mean"
+        # the score term (docs/traffic.md) on the SUMO presets, not on the paper's
+        assert reg.get("presets", name)().classifier.score_weight == 0.25
     assert reg.get("presets", "traffic")().classifier.input == "c_in"  # the paper's
     assert reg.get("presets", "traffic")().eval.condition_split == "train"
+    assert reg.get("presets", "traffic")().classifier.score_weight == 0.0
     joint = reg.get("presets", "traffic-sumo-agent-joint")()
     assert joint.classifier.network.name == "traffic-agent"
     assert joint.classifier.element_loss == "joint" and joint.classifier.weighting == "is"
@@ -60,6 +63,7 @@ def test_tiny_table(tmp_path):
         "eval.n_samples=40",
         "eval.elbo_points=20",
         "eval.elbo_k=2",
+        "classifier.score_weight=0.25",  # the SUMO presets' score term, through the rows
     ]
     lines = []
     text = run_table(
@@ -77,5 +81,6 @@ def test_tiny_table(tmp_path):
     assert sum(": done (" in line for line in lines) == 2
     joint = tmp_path / "runs" / "agent-joint"
     assert 'element_loss = "joint"' in (joint / "config.toml").read_text()
+    assert "score_weight = 0.25" in (joint / "config.toml").read_text()
     assert '"event": "eval"' in (joint / "metrics.jsonl").read_text()
     assert (tmp_path / "runs" / "table.md").exists()
