@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from genneg import Experiment, RunDir, resolve_config, run
+from genneg.threads import configure
 from genneg_traffic.presets import VARIANTS
 
 ROWS = [
@@ -157,11 +158,20 @@ def _run_parallel(configs: dict, out: Path, resume, jobs: int, log) -> None:
         futures = {}
         for suffix, cfg in configs.items():
             log(f"== {cfg.name} -> {out / suffix} (worker process)")
-            futures[pool.submit(_run_once, cfg, out / suffix, resume, False, None)] = suffix
+            futures[pool.submit(_run_in_worker, cfg, out / suffix, resume)] = suffix
         for future in as_completed(futures):
             future.result()
             minutes = (time.perf_counter() - t0) / 60
             log(f"{futures[future]}: done ({minutes:.1f} min after the rows started)")
+
+
+def _run_in_worker(cfg, path: Path, resume) -> None:
+    """One row in a worker process: with genneg's thread governor first, as every ``genneg``
+    command has (a spawned worker starts with torch's default of one thread per core, and two
+    such workers on 2 cores ran each row about 2.5 x slower, their parallel regions waiting on
+    each other's threads: docs/traffic.md)."""
+    configure(None)
+    _run_once(cfg, path, resume, False, None)
 
 
 def _run_once(cfg, path: Path, resume, progress, log):
