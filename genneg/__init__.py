@@ -5,7 +5,10 @@ code import from ``genneg`` only. Plugins implement the hooks of :mod:`genneg.ho
 marked with :data:`hookimpl`, and expose themselves through the ``genneg`` entry-point group.
 """
 
-from genneg import stacking  # public module: helpers for stacked_forward
+from genneg import (
+    stacking,  # public module: helpers for stacked_forward
+    threads,  # public module: thread defaults (a plugin's worker processes)
+)
 from genneg.components import (
     Dataset,
     DataSplit,
@@ -85,6 +88,7 @@ __all__ = [
     "run",
     "stacking",
     "stage_generator",
+    "threads",
 ]
 __version__ = "0.1.0"
 

@@ -32,8 +32,7 @@ import attrs
 import numpy as np
 import torch
 
-from genneg import Experiment, RunDir, resolve_config, run
-from genneg.threads import configure
+from genneg import Experiment, RunDir, resolve_config, run, threads
 from genneg_traffic.presets import VARIANTS
 
 ROWS = [
@@ -170,7 +169,7 @@ def _run_in_worker(cfg, path: Path, resume) -> None:
     command has (a spawned worker starts with torch's default of one thread per core, and two
     such workers on 2 cores ran each row about 2.5 x slower, their parallel regions waiting on
     each other's threads: docs/traffic.md)."""
-    configure(None)
+    threads.configure(None)
     _run_once(cfg, path, resume, False, None)
 
 
