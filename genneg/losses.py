@@ -265,33 +265,32 @@ class ClassifierLoss:
             )
 
         def mean_fn(rows):
-            idx = torch.arange(x0.shape[0], device=x0.device)[rows]
-            valid = idx[labels[idx]] if self.score_weight else idx[:0]
-            if len(valid) == 0:
+            if not self.score_weight or not labels[rows].any():
                 c = index_cond(cond, rows)
                 return bce(classifier(xt[rows], sigma[rows], **c), rows, c)
+            idx = torch.arange(x0.shape[0], device=x0.device)[rows]
+            valid = idx[labels[idx]]
+            idx = torch.cat([valid, idx[~labels[idx]]])  # the valid rows first
+            c = index_cond(cond, idx)
+            n_valid = len(valid)
+            c_valid = index_cond(c, slice(0, n_valid))
             # the valid rows' one forward pass serves the BCE and the score term
-            c_valid = index_cond(cond, valid)
             x = xt[valid].detach().requires_grad_(True)
             with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-                logits_valid = classifier(x, sigma[valid], **c_valid)
+                logits = classifier(x, sigma[valid], **c_valid)
                 change = _denoising_change(
-                    log_prob_from_logits(logits_valid, classifier.granularity, c_valid.get("mask")),
+                    log_prob_from_logits(logits, classifier.granularity, c_valid.get("mask")),
                     x,
                     self.model,
                     x0[valid],
                     sigma[valid],
                     c_valid,
                 )
-            rest = idx[~labels[idx]]
-            idx, logits = valid, logits_valid
-            if len(rest):
-                c_rest = index_cond(cond, rest)
-                idx = torch.cat([valid, rest])
-                logits = torch.cat([logits_valid, classifier(xt[rest], sigma[rest], **c_rest)])
-            return bce(logits, idx, index_cond(cond, idx)) + self.score_weight * change.sum() / (
-                len(idx) * self.pi1
-            )
+            if n_valid < len(idx):
+                rest = idx[n_valid:]
+                c_rest = index_cond(c, slice(n_valid, None))
+                logits = torch.cat([logits, classifier(xt[rest], sigma[rest], **c_rest)])
+            return bce(logits, idx, c) + self.score_weight * change.sum() / (len(idx) * self.pi1)
 
         return sharded_mean(mean_fn, x0.shape[0])
 

@@ -6,8 +6,10 @@ classifier, and bad settings are clear errors."""
 import pytest
 import torch
 
+from genneg.components import index_cond
 from genneg.config import ClassifierConfig, ComponentSpec
 from genneg.diffusion.edm import EDMProcess
+from genneg.diffusion.shapes import broadcast
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.losses import ClassifierLoss, guided_denoising_change
 from tests.test_classifier_quality import (  # noqa: F401
@@ -130,9 +132,9 @@ def test_classifier_loss_adds_the_score_term_over_the_valid_rows(case):
     # the same noise draw as the loss's (its generator, seed 7)
     g = torch.Generator().manual_seed(7)
     sigma = EDMProcess().sample_classifier_sigma(len(x0), g, x0.device)
-    xt = x0 + sigma.reshape(-1, *[1] * (x0.ndim - 1)) * torch.randn(x0.shape, generator=g)
+    xt = x0 + broadcast(sigma, x0) * torch.randn(x0.shape, generator=g)
     valid = labels.nonzero().squeeze(1)
-    c_valid = {k: v[valid] for k, v in cond.items()}
+    c_valid = index_cond(cond, valid)
     clf.zero_grad()
     term = guided_denoising_change(clf, model, xt[valid], x0[valid], sigma[valid], c_valid)
     term = term.sum() / (len(x0) * pi1)
