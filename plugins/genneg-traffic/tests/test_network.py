@@ -439,3 +439,58 @@ def test_footprint_corner_reads_are_the_rectangles_own_grid_and_its_minimum():
     assert out.shape == (1, 1, 8)
     with pytest.raises(ValueError, match="corners are read by the footprint"):
         TrafficDenoiser(**SMALL, corners=True)
+
+
+def test_corner_logit_adds_a_term_of_the_rectangles_signed_distance():
+    """``corner_logit``: each agent's logit is the backbone's plus an MLP of the corner reads
+    and the noise level; with that MLP reading the minimum, the logit's input gradient is the
+    signed distance's (it points onto the road); padded agents stay at zero; the option is
+    by-agent and needs the footprint."""
+    from genneg_traffic.dataset import feature_frame, map_frame
+    from genneg_traffic.features import Normalizer
+    from genneg_traffic.network import CornerLogit, Footprint, physical
+
+    torch.manual_seed(0)
+    net = TrafficClassifier("element", **FULL, corner_logit=True).eval()
+    R, window = 16, 80.0
+    centres = -40 + 5 * (torch.arange(R) + 0.5)
+    sdf = centres[None, :].expand(R, R)[None, None] / 2 - 4.75  # x / 2 - 4.75 metres
+    norm = Normalizer(mean=[5.0, -5.0, 4.0, 2.0, 0.0, 0.0, 0.0], std=[10.0, 20.0] + [1.0] * 5)
+    cond = dict(
+        map=(sdf > 0).to(torch.uint8),
+        map_frame=map_frame(norm, window),
+        feature_frame=feature_frame(norm),
+        sdf=sdf,
+    )
+    phys = torch.tensor([[[10.0, 0.0, 4.0, 2.0, 0.0, 1.0, 0.0], [20.0, 5.0, 4.0, 2.0, 1, 0, 0]]])
+    x_in = torch.as_tensor(norm.normalize(phys.numpy()), dtype=torch.float32)
+    mask = torch.tensor([[True, False]])
+    t = torch.tensor([3.0])
+    # the backbone's head switched off: the logit is the term alone
+    torch.nn.init.zeros_(net.head[1][2].weight)
+    torch.nn.init.zeros_(net.head[1][2].bias)
+    reads = Footprint.corner_reads(
+        physical(x_in, cond["feature_frame"]), sdf, cond["map_frame"], cond["feature_frame"]
+    )
+    temb = sinusoidal(t, CornerLogit.TIME_DIM)[:, None].expand(1, 2, -1)
+    want = net.corner_logit.mlp(torch.cat([reads, temb], -1)).squeeze(-1)
+    out = net(x_in, t, mask=mask, **cond)
+    assert torch.allclose(out[0, 0], want[0, 0], atol=1e-6) and out[0, 1] == 0
+    # an MLP that reads the minimum: silu(z + 20) - 20 ~ z, times a slope of 3
+    lin0, lin1 = net.corner_logit.mlp[0], net.corner_logit.mlp[2]
+    with torch.no_grad():
+        for p in (*lin0.parameters(), *lin1.parameters()):
+            p.zero_()
+        lin0.weight[0, 9], lin0.bias[0] = 1.0, 20.0
+        lin1.weight[0, 0], lin1.bias[0] = 3.0, -60.0
+    x = x_in.clone().requires_grad_(True)
+    logit = net(x, t, mask=mask, **cond)
+    assert abs(logit[0, 0].item() - 3 * (-0.25 / 4)) < 1e-4  # the left side 0.25 m off
+    (grad,) = torch.autograd.grad(logit[0, 0], x)
+    # d logit / d x_model = 3 * (1/2 per metre) / 4 * 10 metres per model unit, towards +x
+    assert abs(grad[0, 0, 0].item() - 3 * 0.5 / 4 * 10) < 1e-3
+    assert grad[0, 1].abs().max() == 0
+    with pytest.raises(ValueError, match="needs granularity 'element'"):
+        TrafficClassifier("sample", **FULL, corner_logit=True)
+    with pytest.raises(ValueError, match="set footprint too"):
+        TrafficClassifier("element", **SMALL, corner_logit=True)
