@@ -473,7 +473,8 @@ def test_corner_logit_adds_a_term_of_the_rectangles_signed_distance():
         physical(x_in, cond["feature_frame"]), sdf, cond["map_frame"], cond["feature_frame"]
     )
     temb = sinusoidal(t, CornerLogit.TIME_DIM)[:, None].expand(1, 2, -1)
-    want = net.corner_logit.mlp(torch.cat([reads, temb], -1)).squeeze(-1)
+    scaled = torch.asinh(reads * 4 / CornerLogit.READ_SCALE)  # metres / 0.25 m, asinh
+    want = net.corner_logit.mlp(torch.cat([scaled, temb], -1)).squeeze(-1)
     out = net(x_in, t, mask=mask, **cond)
     assert torch.allclose(out[0, 0], want[0, 0], atol=1e-6) and out[0, 1] == 0
     # an MLP that reads the minimum: silu(z + 20) - 20 ~ z, times a slope of 3
@@ -485,10 +486,11 @@ def test_corner_logit_adds_a_term_of_the_rectangles_signed_distance():
         lin1.weight[0, 0], lin1.bias[0] = 3.0, -60.0
     x = x_in.clone().requires_grad_(True)
     logit = net(x, t, mask=mask, **cond)
-    assert abs(logit[0, 0].item() - 3 * (-0.25 / 4)) < 1e-4  # the left side 0.25 m off
+    assert abs(logit[0, 0].item() - 3 * math.asinh(-1)) < 1e-4  # the left side 0.25 m off
     (grad,) = torch.autograd.grad(logit[0, 0], x)
-    # d logit / d x_model = 3 * (1/2 per metre) / 4 * 10 metres per model unit, towards +x
-    assert abs(grad[0, 0, 0].item() - 3 * 0.5 / 4 * 10) < 1e-3
+    # d logit / d x_model = 3 asinh'(-1) / 0.25 m * (1/2 per metre) * 10 metres per model
+    # unit, towards +x (onto the road)
+    assert abs(grad[0, 0, 0].item() - 3 / math.sqrt(2) / 0.25 * 0.5 * 10) < 1e-3
     assert grad[0, 1].abs().max() == 0
     with pytest.raises(ValueError, match="needs granularity 'element'"):
         TrafficClassifier("sample", **FULL, corner_logit=True)
