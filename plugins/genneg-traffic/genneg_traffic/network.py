@@ -580,37 +580,44 @@ class TrafficDenoiser(nn.Module):
 
 class CornerLogit(nn.Module):
     """A by-agent logit term read off the agent's own rectangle (an addition to App. B.2;
-    ``corner_logit`` of :class:`TrafficClassifier`): a small MLP of the scaled signed distance
-    at the rectangle's corners, edge midpoints and centre and their minimum
-    (:meth:`Footprint.corner_reads`, the quantity the oracle's offroad test thresholds) and of
-    the noise level, added to the backbone's logit. The backbone sees the same reads among 185
-    others and, trained on a few hundred offroad cars, separates them at AUC 0.73 where the
-    minimum alone gives 0.98 (docs/traffic.md); this path lets the classifier learn that
-    one-input rule directly, and its input gradient is the signed distance's, which points
-    to the road."""
+    ``corner_logit`` of :class:`TrafficClassifier`): ``softplus(a(t)) * asinh(d / 0.25 m)``,
+    where ``d`` is the signed distance to the road edge at the worst of the rectangle's
+    corners, edge midpoints and centre (the minimum of :meth:`Footprint.corner_reads`, the
+    quantity the oracle's offroad test thresholds at ``-offroad_tol``) and ``a(t)`` an MLP of
+    the noise level, added to the backbone's logit.
+
+    Why: the backbone sees the same reads among 185 others and, trained on a few hundred
+    offroad cars, separates them at AUC 0.73 where the minimum alone gives 0.98 (at sigma
+    0.03; docs/traffic.md). The term is a logistic regression on that one read at each noise
+    level, monotone by construction (a car further inside the road is never less likely to
+    be on it: at sigma -> 0 that is the oracle's rule), so its input gradient points onto the
+    road at every level; ``a(t)`` learns how much the read says at each level. (A free MLP of
+    the reads and the noise level was tried first and stayed within 0.02-0.07 nats of a
+    constant after training: docs/traffic.md.) The asinh keeps a gradient for cars far off
+    the road."""
 
     #: width of the noise level's sinusoidal embedding
     TIME_DIM = 16
-    #: metres: the reads enter the MLP as ``asinh(distance / READ_SCALE)``, about the oracle's
-    #: 0.2 m tolerance, so that an offroad car (-0.25 m: -0.9) and a clean one (+0.5 m: +1.4)
-    #: differ by O(1) at initialisation (the footprint's reads, metres / 4, differ by 0.2, and
-    #: a term fed those stayed 50x smaller than the backbone's logit after 2000 steps); the
-    #: asinh keeps a gradient for cars far off the road
+    #: metres: the read enters as ``asinh(distance / READ_SCALE)``, about the oracle's 0.2 m
+    #: tolerance (an offroad car at -0.25 m: -0.88; a clean one at +0.5 m: +1.44)
     READ_SCALE = 0.25
 
     def __init__(self, hidden: int = 32):
         super().__init__()
-        n_reads = Footprint.CORNER_GRID[0] * Footprint.CORNER_GRID[1] + 1
-        self.mlp = mlp(n_reads + self.TIME_DIM, hidden, 1)
+        self.slope = mlp(self.TIME_DIM, hidden, 1)
+
+    def read(self, x_in, map_frame, feature_frame, sdf) -> torch.Tensor:
+        """``[B, A]``: ``asinh(d / READ_SCALE)`` for features ``x_in`` ``[B, A, 7]``."""
+        phys = physical(x_in, feature_frame)
+        reads = Footprint.corner_reads(phys, sdf, map_frame, feature_frame)
+        return torch.asinh(reads[..., -1] * (4.0 / self.READ_SCALE))  # corner_reads: metres / 4
 
     def forward(self, x_in, c_noise, map_frame, feature_frame, sdf) -> torch.Tensor:
         """``[B, A]``: the term for features ``x_in`` ``[B, A, 7]`` (model units)."""
-        B, A, _ = x_in.shape
-        phys = physical(x_in, feature_frame)
-        reads = Footprint.corner_reads(phys, sdf, map_frame, feature_frame)
-        reads = torch.asinh(reads * (4.0 / self.READ_SCALE))  # corner_reads are metres / 4
+        B = x_in.shape[0]
         t = sinusoidal(c_noise.reshape(B).to(x_in.device), self.TIME_DIM).to(x_in.dtype)
-        return self.mlp(torch.cat([reads, t[:, None].expand(B, A, -1)], -1)).squeeze(-1)
+        slope = F.softplus(self.slope(t))  # [B, 1]
+        return slope * self.read(x_in, map_frame, feature_frame, sdf)
 
 
 class TrafficClassifier(nn.Module):

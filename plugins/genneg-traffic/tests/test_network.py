@@ -441,14 +441,14 @@ def test_footprint_corner_reads_are_the_rectangles_own_grid_and_its_minimum():
         TrafficDenoiser(**SMALL, corners=True)
 
 
-def test_corner_logit_adds_a_term_of_the_rectangles_signed_distance():
-    """``corner_logit``: each agent's logit is the backbone's plus an MLP of the corner reads
-    and the noise level; with that MLP reading the minimum, the logit's input gradient is the
-    signed distance's (it points onto the road); padded agents stay at zero; the option is
+def test_corner_logit_adds_a_monotone_term_of_the_rectangles_signed_distance():
+    """``corner_logit``: each agent's logit is the backbone's plus ``softplus(a(t)) *
+    asinh(d / 0.25 m)`` of the worst corner read ``d``; its input gradient is the signed
+    distance's (it points onto the road); padded agents stay at zero; the option is
     by-agent and needs the footprint."""
     from genneg_traffic.dataset import feature_frame, map_frame
     from genneg_traffic.features import Normalizer
-    from genneg_traffic.network import CornerLogit, Footprint, physical
+    from genneg_traffic.network import CornerLogit
 
     torch.manual_seed(0)
     net = TrafficClassifier("element", **FULL, corner_logit=True).eval()
@@ -462,36 +462,32 @@ def test_corner_logit_adds_a_term_of_the_rectangles_signed_distance():
         feature_frame=feature_frame(norm),
         sdf=sdf,
     )
+    # a 4 x 2 m car heading +y whose left side (x = 9) is 0.25 m off the road, and a padded one
     phys = torch.tensor([[[10.0, 0.0, 4.0, 2.0, 0.0, 1.0, 0.0], [20.0, 5.0, 4.0, 2.0, 1, 0, 0]]])
     x_in = torch.as_tensor(norm.normalize(phys.numpy()), dtype=torch.float32)
     mask = torch.tensor([[True, False]])
     t = torch.tensor([3.0])
-    # the backbone's head switched off: the logit is the term alone
+    read = net.corner_logit.read(x_in, cond["map_frame"], cond["feature_frame"], sdf)
+    assert abs(read[0, 0].item() - math.asinh(-1.0)) < 1e-4
+    # the backbone's head switched off and a(t) = 3 for every t: the logit is 3 asinh(-1)
     torch.nn.init.zeros_(net.head[1][2].weight)
     torch.nn.init.zeros_(net.head[1][2].bias)
-    reads = Footprint.corner_reads(
-        physical(x_in, cond["feature_frame"]), sdf, cond["map_frame"], cond["feature_frame"]
-    )
-    temb = sinusoidal(t, CornerLogit.TIME_DIM)[:, None].expand(1, 2, -1)
-    scaled = torch.asinh(reads * 4 / CornerLogit.READ_SCALE)  # metres / 0.25 m, asinh
-    want = net.corner_logit.mlp(torch.cat([scaled, temb], -1)).squeeze(-1)
-    out = net(x_in, t, mask=mask, **cond)
-    assert torch.allclose(out[0, 0], want[0, 0], atol=1e-6) and out[0, 1] == 0
-    # an MLP that reads the minimum: silu(z + 20) - 20 ~ z, times a slope of 3
-    lin0, lin1 = net.corner_logit.mlp[0], net.corner_logit.mlp[2]
     with torch.no_grad():
-        for p in (*lin0.parameters(), *lin1.parameters()):
-            p.zero_()
-        lin0.weight[0, 9], lin0.bias[0] = 1.0, 20.0
-        lin1.weight[0, 0], lin1.bias[0] = 3.0, -60.0
+        net.corner_logit.slope[2].weight.zero_()
+        net.corner_logit.slope[2].bias.fill_(math.log(math.expm1(3.0)))  # softplus^-1(3)
     x = x_in.clone().requires_grad_(True)
     logit = net(x, t, mask=mask, **cond)
-    assert abs(logit[0, 0].item() - 3 * math.asinh(-1)) < 1e-4  # the left side 0.25 m off
+    assert abs(logit[0, 0].item() - 3 * math.asinh(-1)) < 1e-4 and logit[0, 1] == 0
     (grad,) = torch.autograd.grad(logit[0, 0], x)
     # d logit / d x_model = 3 asinh'(-1) / 0.25 m * (1/2 per metre) * 10 metres per model
     # unit, towards +x (onto the road)
     assert abs(grad[0, 0, 0].item() - 3 / math.sqrt(2) / 0.25 * 0.5 * 10) < 1e-3
     assert grad[0, 1].abs().max() == 0
+    # the slope is never negative, whatever a(t)'s weights
+    with torch.no_grad():
+        net.corner_logit.slope[2].bias.fill_(-50.0)
+    assert net.corner_logit(x_in, t, cond["map_frame"], cond["feature_frame"], sdf)[0, 0] <= 0
+    assert CornerLogit.TIME_DIM == net.corner_logit.slope[0].in_features
     with pytest.raises(ValueError, match="needs granularity 'element'"):
         TrafficClassifier("sample", **FULL, corner_logit=True)
     with pytest.raises(ValueError, match="set footprint too"):
