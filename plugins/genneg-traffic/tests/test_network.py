@@ -487,7 +487,11 @@ def test_corner_logit_adds_a_monotone_term_of_the_rectangles_signed_distance():
     with torch.no_grad():
         net.corner_logit.slope[2].bias.fill_(-50.0)
     assert net.corner_logit(x_in, t, cond["map_frame"], cond["feature_frame"], sdf)[0, 0] <= 0
-    assert CornerLogit.TIME_DIM == net.corner_logit.slope[0].in_features
+    feats = net.corner_logit.noise_features(torch.tensor([0.0, 8.0]), torch.float32)
+    assert (
+        feats.shape == (2, CornerLogit.TIME_DIM + 2) == (2, net.corner_logit.slope[0].in_features)
+    )
+    assert torch.allclose(feats[:, -2:], torch.tensor([[1.0, 1.0], [math.exp(-4), math.exp(-1)]]))
     with pytest.raises(ValueError, match="needs granularity 'element'"):
         TrafficClassifier("sample", **FULL, corner_logit=True)
     with pytest.raises(ValueError, match="set footprint too"):
