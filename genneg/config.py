@@ -153,7 +153,8 @@ class ClassifierConfig:
     #: ``tapered`` (``c_in`` up to the data scale, then the posterior mean's decay); the last
     #: two make the guidance term decay like the Bayes classifier's at high noise
     #: (:func:`genneg.guidance.classifier_input`); ``denoised``: the baseline's ``D(x_t)``,
-    #: the model's own posterior mean (guidance then backpropagates through ``D``).
+    #: the model's own posterior mean (guidance then backpropagates through ``D``);
+    #: ``denoised-st``: ``D(x_t)``'s value with the ``posterior-mean`` input's gradient.
     input: str = attrs.field(default="c_in", validator=v.in_(INPUTS))
     #: ``last``: the weights after the last step (the paper's); ``holdout``: the weights that
     #: scored best (Eq. 13) on the held-out part of the synthetic set at the end of a

@@ -19,8 +19,12 @@ from genneg.diffusion.shapes import broadcast, per_sample
 #: the paper's); ``posterior-mean``: the posterior mean of ``x0`` under the process' Gaussian
 #: data prior, in data-scale units; ``tapered``: ``c_in`` up to ``sigma = sigma_d``, then
 #: decaying like the posterior mean (:func:`classifier_input`); ``denoised``: the base
-#: denoiser's ``D(x; sigma)``, the posterior mean under the model (:class:`TimeClassifier`).
-INPUTS = ("c_in", "posterior-mean", "tapered", "denoised")
+#: denoiser's ``D(x; sigma)``, the posterior mean under the model (:class:`TimeClassifier`);
+#: ``denoised-st``: ``D(x; sigma)``'s value with the ``posterior-mean`` input's gradient
+#: (straight through ``D``, :class:`TimeClassifier`).
+INPUTS = ("c_in", "posterior-mean", "tapered", "denoised", "denoised-st")
+#: the inputs that read the base denoiser (``TimeClassifier(denoiser=...)``)
+DENOISED_INPUTS = ("denoised", "denoised-st")
 #: the inputs that are ``c(sigma) x`` (:func:`classifier_input`)
 LINEAR_INPUTS = ("c_in", "posterior-mean", "tapered")
 
@@ -77,14 +81,25 @@ class TimeClassifier(nn.Module):
     runs without a graph unless ``x`` requires a gradient (guidance). Only the exact
     denoiser's Jacobian damps like Tweedie's: on SUMO traffic an epsilon-predicting network's
     amplified the gradient and broke guidance (docs/traffic.md, "The footprint's corners").
+
+    ``input = "denoised-st"``: the network sees ``D(x; sigma) / sigma_d``'s value, but its
+    gradient is taken as the ``posterior-mean`` input's (``x_in = m(x) + sg(D(x) / sigma_d -
+    m(x))`` with ``m`` the Gaussian posterior mean and ``sg`` stop-gradient): the model's
+    estimate of where each element ends up, which tells an infraction apart better than the
+    Gaussian one at every level (docs/traffic.md), with the damped gradient of the
+    ``posterior-mean`` input instead of the learned ``D``'s Jacobian. The classifier's value
+    is still a function of ``x_t`` (Eq. 13's optimum unchanged); its guidance term is an
+    approximation of ``grad_x log C`` that drops ``D``'s Jacobian for the Gaussian one
+    (exact when ``D`` is the Gaussian posterior mean; tested), so Theorem 1 holds only to
+    that approximation. ``D`` runs without a graph.
     """
 
     def __init__(self, network: nn.Module, process, input: str = "c_in", denoiser=None):
         super().__init__()
         if input not in INPUTS:
             raise ValueError(f"unknown classifier input {input!r}; choose from {INPUTS}")
-        if input == "denoised" and denoiser is None:
-            raise ValueError("classifier input 'denoised' needs the base denoiser (denoiser=)")
+        if input in DENOISED_INPUTS and denoiser is None:
+            raise ValueError(f"classifier input {input!r} needs the base denoiser (denoiser=)")
         self.network = network
         self.process = process
         self.granularity = network.granularity
@@ -94,10 +109,15 @@ class TimeClassifier(nn.Module):
     def network_input(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
         """What the network sees of ``x`` at the per-sample levels ``sigma`` (``cond``: the
         denoiser's conditions, for the ``denoised`` input)."""
-        if self.input != "denoised":
+        if self.input not in DENOISED_INPUTS:
             return classifier_input(self.process, broadcast(sigma, x), x, self.input)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
-            return self.denoiser(x, sigma, **cond) / data_scale(self.process)
+        if self.input == "denoised":
+            with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+                return self.denoiser(x, sigma, **cond) / data_scale(self.process)
+        mean = classifier_input(self.process, broadcast(sigma, x), x, "posterior-mean")
+        with torch.no_grad():
+            denoised = self.denoiser(x, sigma, **cond) / data_scale(self.process)
+        return mean + (denoised - mean).detach()  # D's value, the posterior mean's gradient
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         """Logits ``[B]`` (per sample) or ``[B, N]`` (per element)."""

@@ -146,6 +146,52 @@ def test_denoised_input_with_the_gaussian_denoiser_is_the_posterior_mean(process
         TimeClassifier(Linear(), process, "denoised")
 
 
+class Bumpy(Linear):
+    """``f(u) = sum tanh(a * u)``: its input gradient depends on where it is read."""
+
+    def forward(self, x_in, c_noise, **cond):
+        return torch.tanh(x_in * self.a).sum(-1)
+
+
+@pytest.mark.parametrize("process", [VPProcess(VPConfig(timesteps=100)), EDMProcess()])
+def test_denoised_st_input_reads_d_and_takes_the_posterior_means_gradient(process):
+    """``denoised-st``: the network reads ``D(x) / sigma_d``; its gradient is the
+    ``posterior-mean`` input's, ``c(sigma) f'(u)`` at ``u = D(x) / sigma_d`` (not through
+    ``D``'s Jacobian); with the exact Gaussian denoiser it is the ``posterior-mean``
+    classifier, value and guidance; ``D`` runs without a graph."""
+    sd = data_scale(process)
+    calls = []
+
+    def gaussian(x, sigma, **cond):
+        calls.append(torch.is_grad_enabled())
+        return sd**2 / (sd**2 + broadcast_sigma(sigma, x) ** 2) * x
+
+    def bent(x, sigma, **cond):  # a denoiser that is not the Gaussian posterior mean
+        return gaussian(x, sigma) + 0.3 * sd * torch.sin(3 * x)
+
+    x = torch.randn(5, 3, dtype=torch.float64)
+    sigma = torch.tensor([0.03, 0.5, 2.0, 10.0, 100.0], dtype=torch.float64) * sd
+    pm = TimeClassifier(Bumpy(seed=1), process, "posterior-mean").eval()
+    st = TimeClassifier(Bumpy(seed=1), process, "denoised-st", gaussian).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(st(x, sigma), pm(x, sigma))
+    got = GuidedDenoiser(lambda x, s, **c: x, [st], batched=False).guidance(x, sigma)
+    want = GuidedDenoiser(lambda x, s, **c: x, [pm], batched=False).guidance(x, sigma)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert calls and not any(calls)  # D never records a graph
+    st = TimeClassifier(Bumpy(seed=1), process, "denoised-st", bent).eval()
+    u = bent(x, sigma) / sd
+    a = st.network.a.detach()
+    with torch.no_grad():
+        torch.testing.assert_close(st(x, sigma), torch.tanh(u * a).sum(-1))
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(st(xg, sigma).sum(), xg)
+    c = classifier_input(process, broadcast_sigma(sigma, x), torch.ones_like(x), "posterior-mean")
+    torch.testing.assert_close(grad, c * a * (1 - torch.tanh(u * a) ** 2))
+    with pytest.raises(ValueError, match="'denoised-st' needs the base denoiser"):
+        TimeClassifier(Linear(), process, "denoised-st")
+
+
 def broadcast_sigma(sigma, x):
     return torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 

@@ -10,7 +10,7 @@ from genneg import components, distributed
 from genneg.diffusion.edm import EDMConfig, EDMProcess
 from genneg.diffusion.vp import VPConfig, VPProcess
 from genneg.errors import BuildError, RunError
-from genneg.guidance import TimeClassifier
+from genneg.guidance import DENOISED_INPUTS, TimeClassifier
 
 __all__ = ["BuildError", "make_classifier", "make_dataset", "make_denoiser", "make_oracle"]
 __all__ += ["make_process", "resolve_device"]
@@ -78,4 +78,4 @@ def make_classifier(registry, spec, process, input: str = "c_in", denoiser=None)
     """A :class:`TimeClassifier` (``denoiser``: the base, for the ``denoised`` input)."""
     network = _call_factory(registry, "classifiers", spec, "classifier.network")
     components.check_classifier(network)
-    return TimeClassifier(network, process, input, denoiser if input == "denoised" else None)
+    return TimeClassifier(network, process, input, denoiser if input in DENOISED_INPUTS else None)
