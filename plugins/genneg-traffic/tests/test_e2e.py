@@ -23,8 +23,8 @@ def test_registered_components():
     for name in ("traffic-sumo", "traffic-sumo-agent", "traffic-sumo-agent-stacked"):
         assert reg.get("presets", name)().eval.condition_split == "test"
         assert reg.get("presets", name)().sampling.sampler == "ddpm-langevin"
-        # classifiers see the Gaussian posterior mean of the scene (docs/traffic.md)
-        assert reg.get("presets", name)().classifier.input == "posterior-mean"
+        # classifiers read the baseline's D(x_t), straight through (docs/traffic.md)
+        assert reg.get("presets", name)().classifier.input == "denoised-st"
         # the score term (docs/traffic.md) on the SUMO presets, not on the paper's
         assert reg.get("presets", name)().classifier.score_weight == 0.25
     assert reg.get("presets", "traffic")().classifier.input == "c_in"  # the paper's
@@ -64,6 +64,7 @@ def test_tiny_table(tmp_path):
         "eval.elbo_points=20",
         "eval.elbo_k=2",
         "classifier.score_weight=0.25",  # the SUMO presets' score term, through the rows
+        'classifier.input="denoised-st"',  # and their classifier input
     ]
     lines = []
     text = run_table(
@@ -82,5 +83,6 @@ def test_tiny_table(tmp_path):
     joint = tmp_path / "runs" / "agent-joint"
     assert 'element_loss = "joint"' in (joint / "config.toml").read_text()
     assert "score_weight = 0.25" in (joint / "config.toml").read_text()
+    assert 'input = "denoised-st"' in (joint / "config.toml").read_text()
     assert '"event": "eval"' in (joint / "metrics.jsonl").read_text()
     assert (tmp_path / "runs" / "table.md").exists()
