@@ -220,10 +220,14 @@ class LocalMap(nn.Module):
         return F.grid_sample(img, grid, align_corners=False, padding_mode="zeros")[:, 0]
 
 
+#: metres per unit of the signed distance as the networks read it (:func:`_distance_field`)
+DISTANCE_SCALE = 4.0
+
+
 def _distance_field(sdf: torch.Tensor, dtype) -> torch.Tensor:
     """The signed distance to the road edge as :class:`WideMap` and :class:`Footprint` read
-    it: metres / 4, clipped to +-2."""
-    return (sdf.to(dtype) / 4).clamp(-2, 2)
+    it: metres / :data:`DISTANCE_SCALE` (4), clipped to +-2."""
+    return (sdf.to(dtype) / DISTANCE_SCALE).clamp(-2, 2)
 
 
 class WideMap(nn.Module):
@@ -623,7 +627,7 @@ class CornerLogit(nn.Module):
         """``[B, A]``: ``asinh(d / READ_SCALE)`` for features ``x_in`` ``[B, A, 7]``."""
         phys = physical(x_in, feature_frame)
         reads = Footprint.corner_reads(phys, sdf, map_frame, feature_frame)
-        return torch.asinh(reads[..., -1] * (4.0 / self.READ_SCALE))  # corner_reads: metres / 4
+        return torch.asinh(reads[..., -1] * (DISTANCE_SCALE / self.READ_SCALE))  # to metres
 
     def forward(self, x_in, c_noise, map_frame, feature_frame, sdf) -> torch.Tensor:
         """``[B, A]``: the term for features ``x_in`` ``[B, A, 7]`` (model units)."""
