@@ -192,6 +192,12 @@ class DistillConfig:
     distiller: str = "score-matching"
     train: TrainConfig = attrs.field(factory=TrainConfig)
     options: dict[str, Any] = attrs.field(factory=dict)
+    #: Eq. (14) regresses the student on noised true data; ``samples > 0`` adds that many
+    #: scenes drawn from ``samples_from`` (``baseline``: the unguided model the student starts
+    #: from, infractions included; ``teacher``: the guided stack) to the points it is regressed
+    #: at (:func:`genneg.engine.distill.distillation_points`). 0: the paper's.
+    samples: int = attrs.field(default=0, validator=_non_negative)
+    samples_from: str = attrs.field(default="baseline", validator=v.in_(("baseline", "teacher")))
 
 
 @attrs.frozen(kw_only=True)

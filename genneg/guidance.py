@@ -8,6 +8,8 @@ denoiser is evaluated once per call whatever the stack's height.
 
 from __future__ import annotations
 
+import contextvars
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +29,29 @@ INPUTS = ("c_in", "posterior-mean", "tapered", "denoised", "denoised-st")
 DENOISED_INPUTS = ("denoised", "denoised-st")
 #: the inputs that are ``c(sigma) x`` (:func:`classifier_input`)
 LINEAR_INPUTS = ("c_in", "posterior-mean", "tapered")
+
+#: ``(denoiser, x, sigma, D(x; sigma))`` of the guided step in progress
+#: (:meth:`GuidedDenoiser.forward`), which the ``denoised-st`` input reads instead of
+#: evaluating the same denoiser at the same point again (:func:`_denoised_of_this_step`).
+_STEP_DENOISED = contextvars.ContextVar("genneg_step_denoised", default=None)
+
+
+def _denoised_of_this_step(denoiser, x: torch.Tensor, sigma: torch.Tensor):
+    """The guided step's ``D(x; sigma)`` when ``denoiser``, ``x`` (the same storage and
+    version: ``x`` or a detached view of it) and ``sigma`` are the step's; else ``None``."""
+    memo = _STEP_DENOISED.get()
+    if memo is None:
+        return None
+    d, x0, s0, value = memo
+    same_x = (
+        x.shape == x0.shape
+        and x.data_ptr() == x0.data_ptr()
+        and x._version == x0._version
+        and x.dtype == x0.dtype
+    )
+    if d is not denoiser or not same_x or sigma.shape != s0.shape or not torch.equal(sigma, s0):
+        return None
+    return value
 
 
 def data_scale(process) -> float:
@@ -116,7 +141,10 @@ class TimeClassifier(nn.Module):
                 return self.denoiser(x, sigma, **cond) / data_scale(self.process)
         mean = classifier_input(self.process, broadcast(sigma, x), x, "posterior-mean")
         with torch.no_grad():
-            denoised = self.denoiser(x, sigma, **cond) / data_scale(self.process)
+            denoised = _denoised_of_this_step(self.denoiser, x, sigma)
+            if denoised is None:
+                denoised = self.denoiser(x, sigma, **cond)
+            denoised = denoised / data_scale(self.process)
         return mean + (denoised - mean).detach()  # D's value, the posterior mean's gradient
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
@@ -174,4 +202,13 @@ class GuidedDenoiser(nn.Module):
         return self.scale * broadcast(sigma, x) ** 2 * grad
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
-        return self.base(x, sigma, **cond) + self.guidance(x, sigma, **cond)
+        """The guided ``D``. The base's ``D(x; sigma)`` is evaluated once: classifiers with
+        the ``denoised-st`` input that read this base at this point take its value
+        (:func:`_denoised_of_this_step`) instead of evaluating it again."""
+        denoised = self.base(x, sigma, **cond)
+        step = (self.base, x, per_sample(sigma, x), denoised.detach())
+        token = _STEP_DENOISED.set(step)
+        try:
+            return denoised + self.guidance(x, sigma, **cond)
+        finally:
+            _STEP_DENOISED.reset(token)

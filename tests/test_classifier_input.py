@@ -192,6 +192,57 @@ def test_denoised_st_input_reads_d_and_takes_the_posterior_means_gradient(proces
         TimeClassifier(Linear(), process, "denoised-st")
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_guided_step_evaluates_the_base_once_for_denoised_st_classifiers(batched):
+    """``GuidedDenoiser.forward`` evaluates the base ``D`` once per call: ``denoised-st``
+    members reading that base at that point take its value, with the result of evaluating
+    them on their own (``guidance`` outside a step: each member calls ``D`` again); a member
+    evaluated at another level (a noise floor) or reading another denoiser calls its own."""
+    from genneg.window import windowed
+
+    process = EDMProcess()
+    sd = data_scale(process)
+    calls = []
+
+    def bent(x, sigma, **cond):  # not the Gaussian posterior mean, so the value matters
+        calls.append(x.shape[0])
+        s2 = broadcast_sigma(sigma, x) ** 2
+        return sd**2 / (sd**2 + s2) * x + 0.3 * sd * torch.sin(3 * x)
+
+    def members(den):
+        return [TimeClassifier(Bumpy(seed=s), process, "denoised-st", den).eval() for s in (1, 2)]
+
+    x = torch.randn(5, 3, dtype=torch.float64)
+    sigma = torch.tensor([0.03, 0.5, 2.0, 10.0, 100.0], dtype=torch.float64) * sd
+    guided = GuidedDenoiser(bent, members(bent), batched=batched)
+    with torch.no_grad():
+        want = bent(x, sigma) + guided.guidance(x, sigma)
+        own = 1 if batched else 2  # a stack of one architecture reads D once for all
+        assert len(calls) == 1 + own  # the base, then the members' own D
+        calls.clear()
+        got = guided(x, sigma)
+    assert len(calls) == 1
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # a noise floor moves the members' level: they evaluate D at the floor themselves
+    floored = GuidedDenoiser(bent, windowed(members(bent), (), floor=1.0), batched=batched)
+    calls.clear()
+    with torch.no_grad():
+        got = floored(x, sigma)
+        n_calls = len(calls)
+        want = bent(x, sigma) + floored.guidance(x, sigma)
+    assert n_calls == 3
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # members reading another denoiser (here: the same function, another object) keep theirs
+
+    def other(x, sigma, **cond):
+        return bent(x, sigma)
+
+    calls.clear()
+    with torch.no_grad():
+        GuidedDenoiser(bent, members(other), batched=batched)(x, sigma)
+    assert len(calls) == 1 + own
+
+
 def broadcast_sigma(sigma, x):
     return torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 

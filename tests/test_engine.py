@@ -320,3 +320,65 @@ def test_synthetic_set_reports_where_its_time_goes():
     assert t["sampling_seconds"] >= 0.02 * rounds
     assert 0.005 * rounds <= t["labelling_seconds"] < t["sampling_seconds"]
     assert "sampling_seconds" not in synth.summary()  # the counts alone: comparable across runs
+
+
+def test_distillation_points_add_the_chosen_models_samples(tmp_path, registry):
+    """``distill.samples``: the training rows, then that many samples of the baseline or of the
+    guided teacher, drawn by the synthetic sets' sampler under the training conditions; 0 keeps
+    the paper's training split; non-finite samples are dropped and counted in the log."""
+    import attrs
+
+    from genneg import Experiment
+    from genneg.engine.distill import distillation_points
+
+    def experiment(**distill):
+        cfg = toy_config()
+        cfg = attrs.evolve(cfg, distill=attrs.evolve(cfg.distill, **distill))
+        return Experiment(cfg, registry=registry)
+
+    exp = experiment()
+    assert distillation_points(exp, [], torch.Generator().manual_seed(1)) is exp.splits.train
+    logs = []
+    for source in ("baseline", "teacher"):
+        exp = experiment(samples=300, samples_from=source)
+        torch.manual_seed(0)
+        clfs = [exp.new_classifier().eval().requires_grad_(False)]
+        points = distillation_points(exp, clfs, torch.Generator().manual_seed(1), logs.append)
+        train = exp.splits.train
+        assert len(points) == len(train) + 300
+        torch.testing.assert_close(points.x[: len(train)], train.x)
+        model = exp.base if source == "baseline" else exp.teacher(clfs)
+        want = exp.synth_sampler.sample(model, 300, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(points.x[len(train) :], want.x)
+        assert f"300 samples of the {source}" in logs[-1]
+    base_points = distillation_points(
+        experiment(samples=300), clfs, torch.Generator().manual_seed(1)
+    )
+    assert not torch.allclose(base_points.x[-300:], points.x[-300:])  # the teacher guides
+
+    exp = experiment(samples=4)
+    bad = DataSplit(x=torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, 1.0], [2.0, 0.0]]))
+    exp.__dict__["synth_sampler"] = type("Fixed", (), {"sample": lambda self, m, n, g: bad})()
+    points = distillation_points(exp, [], None, logs.append)
+    torch.testing.assert_close(points.x[-3:], bad.x[[0, 2, 3]])
+    assert "1 non-finite dropped" in logs[-1]
+
+
+def test_distill_samples_config_is_checked():
+    from genneg.config import DistillConfig
+
+    with pytest.raises(ValueError, match="samples_from"):
+        DistillConfig(samples_from="data")
+    with pytest.raises(ValueError, match="samples"):
+        DistillConfig(samples=-1)
+
+
+def test_run_distils_on_the_added_samples(tmp_path, registry):
+    import attrs
+
+    cfg = toy_config(iterations=1)
+    cfg = attrs.evolve(cfg, distill=attrs.evolve(cfg.distill, samples=200))
+    rows = run(cfg, tmp_path / "r", registry=registry, progress=False, quiet=True)
+    assert rows[-1]["stage"] == "distill"
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert "and 200 samples of the baseline" in log

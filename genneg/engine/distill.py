@@ -4,7 +4,9 @@ match a (stacked, guided) teacher with Eq. (14)."""
 from __future__ import annotations
 
 import attrs
+import torch
 
+from genneg.components import DataSplit
 from genneg.engine.train import fit, minibatch
 from genneg.losses import DistillationLoss
 
@@ -43,3 +45,36 @@ def score_matching_distill(
 
     params = student.parameters()
     return fit(params, loss_fn, train, desc="distill", progress=progress, log=log, sharded=True)
+
+
+def distillation_points(exp, classifiers, generator, log=None) -> DataSplit:
+    """The clean points Eq. (14) noises for the student of ``exp`` (a
+    :class:`genneg.Experiment`) and its stack ``classifiers``: the training split, plus
+    ``distill.samples`` samples of ``distill.samples_from`` (the baseline, or the guided
+    teacher), drawn by the synthetic sets' sampler under the training conditions.
+
+    Why (the paper distils on true data only): the student must match the teacher where its
+    own trajectories go, and it starts as the baseline, whose trajectories that end in an
+    infraction pass through noisy points that noised valid data rarely visits. There the
+    teacher's guidance term is large, and that term is what the student has to learn; the
+    model's samples (infracting ones included) put those points into the regression. The
+    optimum of Eq. (14) is the teacher wherever the points have support, so adding points
+    changes only where the student's capacity is spent. Non-finite samples are dropped.
+    Under torch.distributed every rank draws the same samples (one generator)."""
+    train, n = exp.splits.train, exp.cfg.distill.samples
+    if n <= 0:
+        return train
+    source = exp.cfg.distill.samples_from
+    model = exp.base if source == "baseline" else exp.teacher(classifiers)
+    drawn = exp.synth_sampler.sample(model, n, generator)
+    finite = torch.isfinite(drawn.x.flatten(1)).all(dim=1)
+    drawn = drawn.index(finite.nonzero().squeeze(1))
+    if log is not None:
+        share = len(drawn) / (len(drawn) + len(train))
+        log(
+            f"distill: regressing on {len(train)} training rows and {len(drawn)} samples of "
+            f"the {source} ({share:.1%} of the points; {n - len(drawn)} non-finite dropped)"
+        )
+    x = torch.cat([train.x, drawn.x.to(train.x.dtype)])
+    cond = {k: torch.cat([v, drawn.cond[k].to(v.dtype)]) for k, v in train.cond.items()}
+    return DataSplit(x=x, cond=cond)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from genneg import diagnostics, distributed
+from genneg.engine.distill import distillation_points
 from genneg.engine.evaluate import evaluate_stage
 from genneg.engine.results import headline, write_results
 from genneg.engine.rundir import RunDir, prepare_rundir
@@ -224,11 +225,12 @@ class _Run:
         student.load_state_dict(exp.base.state_dict())  # initialised from the baseline
         student.requires_grad_(True).train()
         distiller = exp.registry.get("distillers", cfg.distill.distiller)
-        t0 = time.perf_counter()
+        t0, gen = time.perf_counter(), self.generator("distill", "samples")
+        points = distillation_points(exp, classifiers, gen, self.rd.log)
         hist = distiller(
             student,
             exp.teacher(classifiers),
-            exp.splits.train,
+            points,
             process=exp.process,
             train=cfg.distill.train,
             generator=self.generator("distill", "train"),
