@@ -46,6 +46,7 @@ def _denoised_of_this_step(denoiser, x: torch.Tensor, sigma: torch.Tensor):
     same_x = (
         x.shape == x0.shape
         and x.data_ptr() == x0.data_ptr()
+        and x.stride() == x0.stride()
         and x._version == x0._version
         and x.dtype == x0.dtype
     )
