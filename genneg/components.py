@@ -76,6 +76,14 @@ class DataSplit:
         """Rows ``idx`` of ``x`` and of every conditioning tensor."""
         return DataSplit(x=self.x[idx], cond=index_cond(self.cond, idx))
 
+    @classmethod
+    def cat(cls, splits: list[DataSplit]) -> DataSplit:
+        """The rows of ``splits``, in order (the conditions of the first split's keys)."""
+        return cls(
+            x=torch.cat([s.x for s in splits]),
+            cond={k: torch.cat([s.cond[k] for s in splits]) for k in splits[0].cond},
+        )
+
 
 @attrs.frozen(kw_only=True)
 class Splits:

@@ -347,7 +347,7 @@ def test_distillation_points_add_the_chosen_models_samples(tmp_path, registry):
         train = exp.splits.train
         assert len(points) == len(train) + 300
         torch.testing.assert_close(points.x[: len(train)], train.x)
-        model = exp.base if source == "baseline" else exp.teacher(clfs)
+        model = exp.base if source == "baseline" else exp.guided(clfs)
         want = exp.synth_sampler.sample(model, 300, torch.Generator().manual_seed(1))
         torch.testing.assert_close(points.x[len(train) :], want.x)
         assert f"300 samples of the {source}" in logs[-1]

@@ -65,7 +65,7 @@ def distillation_points(exp, classifiers, generator, log=None) -> DataSplit:
     if n <= 0:
         return train
     source = exp.cfg.distill.samples_from
-    model = exp.base if source == "baseline" else exp.teacher(classifiers)
+    model = exp.base if source == "baseline" else exp.guided(classifiers)  # as synth sets
     drawn = exp.synth_sampler.sample(model, n, generator)
     finite = torch.isfinite(drawn.x.flatten(1)).all(dim=1)
     drawn = drawn.index(finite.nonzero().squeeze(1))
@@ -75,6 +75,4 @@ def distillation_points(exp, classifiers, generator, log=None) -> DataSplit:
             f"distill: regressing on {len(train)} training rows and {len(drawn)} samples of "
             f"the {source} ({share:.1%} of the points; {n - len(drawn)} non-finite dropped)"
         )
-    x = torch.cat([train.x, drawn.x.to(train.x.dtype)])
-    cond = {k: torch.cat([v, drawn.cond[k].to(v.dtype)]) for k, v in train.cond.items()}
-    return DataSplit(x=x, cond=cond)
+    return DataSplit.cat([train, drawn])

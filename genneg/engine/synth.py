@@ -40,10 +40,7 @@ class LabelledSet:
     @classmethod
     def cat(cls, sets: list[LabelledSet]) -> LabelledSet:
         """The rows of ``sets``, in order."""
-        data = DataSplit(
-            x=torch.cat([s.data.x for s in sets]),
-            cond={k: torch.cat([s.data.cond[k] for s in sets]) for k in sets[0].data.cond},
-        )
+        data = DataSplit.cat([s.data for s in sets])
         labels = torch.cat([s.labels for s in sets])
         els = sets[0].element_labels
         els = None if els is None else torch.cat([s.element_labels for s in sets])
