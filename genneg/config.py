@@ -20,6 +20,7 @@ from genneg.errors import ConfigError
 from genneg.guidance import INPUTS
 from genneg.losses import ELEMENT_LOSSES, WEIGHTINGS
 from genneg.precision import CONFIG_PRECISIONS
+from genneg.student import STUDENTS
 
 __all__ = ["ClassifierConfig", "ComponentSpec", "ConfigError", "DistillConfig", "EvalConfig"]
 __all__ += ["ProcessSpec", "RunConfig", "SamplingConfig", "SynthConfig", "TrainConfig"]
@@ -198,6 +199,10 @@ class DistillConfig:
     #: at (:func:`genneg.engine.distill.distillation_points`). 0: the paper's.
     samples: int = attrs.field(default=0, validator=_non_negative)
     samples_from: str = attrs.field(default="baseline", validator=v.in_(("baseline", "teacher")))
+    #: The student's kind (:mod:`genneg.student`): ``fine-tune`` (the paper's: a copy of the
+    #: baseline, every weight trained) or ``residual`` (the frozen baseline plus a correction
+    #: network reading its denoised value, shaped like the guidance term).
+    student: str = attrs.field(default="fine-tune", validator=v.in_(STUDENTS))
 
 
 @attrs.frozen(kw_only=True)

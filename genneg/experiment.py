@@ -33,6 +33,7 @@ from genneg.errors import DataError, RunError
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.plugins import get_registry
 from genneg.precision import at_precision
+from genneg.student import make_student
 from genneg.window import windowed
 
 #: Names of a run's stages: the baseline, the stack after K classifiers, the distilled model.
@@ -132,6 +133,11 @@ class Experiment:
         net = build.make_denoiser(self.registry, self.cfg.denoiser, self.process)
         return net.to(self.device)
 
+    def new_student(self) -> torch.nn.Module:
+        """A fresh (untrained) distillation student of ``distill.student``'s kind
+        (:mod:`genneg.student`), on the run's device."""
+        return make_student(self.cfg.distill.student, self.new_denoiser, self.process)
+
     def new_classifier(self) -> TimeClassifier:
         """A fresh (untrained) guidance classifier, on the run's device (with the
         ``denoised`` input, reading :attr:`base`: train or load the baseline first)."""
@@ -180,7 +186,7 @@ class Experiment:
                 f"{', '.join(done) or 'none'})"
             )
         if stage == "distill":
-            return self._frozen(self.new_denoiser(), "denoiser", self.checkpoint("distill"))
+            return self._frozen(self.new_student(), "denoiser", self.checkpoint("distill"))
         self._frozen(self.base, "denoiser", self.checkpoint("baseline"))
         if stage == "baseline":
             return self.base

@@ -43,7 +43,7 @@ def score_matching_distill(
         batch = minibatch(data, train.batch_size, generator)
         return loss(student, teacher, batch.x, batch.cond, generator)
 
-    params = student.parameters()
+    params = [p for p in student.parameters() if p.requires_grad]  # a residual's correction
     return fit(params, loss_fn, train, desc="distill", progress=progress, log=log, sharded=True)
 
 

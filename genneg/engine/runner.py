@@ -33,6 +33,7 @@ from genneg.errors import ClassTooRareError
 from genneg.experiment import Experiment
 from genneg.plugins import get_registry
 from genneg.rng import stage_generator
+from genneg.student import init_student
 
 
 def run(
@@ -127,7 +128,7 @@ class _Run:
 
         # Distillation of the stacked model into one denoiser (Eq. 14).
         if cfg.distill.enabled and classifiers:
-            student = exp.new_denoiser()
+            student = exp.new_student()
             self.stage(
                 "distill",
                 {"denoiser": student},
@@ -222,8 +223,7 @@ class _Run:
 
     def distill(self, student, classifiers: list) -> None:
         exp, cfg = self.exp, self.cfg
-        student.load_state_dict(exp.base.state_dict())  # initialised from the baseline
-        student.requires_grad_(True).train()
+        init_student(student, exp.base)  # from the baseline (genneg.student)
         distiller = exp.registry.get("distillers", cfg.distill.distiller)
         t0, gen = time.perf_counter(), self.generator("distill", "samples")
         points = distillation_points(exp, classifiers, gen, self.rd.log)
