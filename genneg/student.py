@@ -7,7 +7,7 @@ Two kinds (``distill.student``):
   trained.
 * ``residual``: the frozen baseline plus a correction network shaped like the teacher's
   guidance term (:class:`ResidualStudent`). The paper allows another architecture ("possibly
-  with the same architecture as the baseline", Sec. 3); this one is ours.
+  with the same architecture as the baseline", Sec. 3.2); this one is ours.
 
 Why the residual student exists (docs/traffic.md, session 14): the teacher is
 ``D(x) + sigma^2 grad log C(D(x))`` (Eq. 9 with the ``denoised-st`` input), a function of the
