@@ -62,12 +62,14 @@ def register_distillers(register):
 
     :param register: ``register(name, fn)``; ``fn(student, teacher, data, *, process, train,
         generator, progress, log, **options)`` trains ``student`` (a denoiser, initialised from
-        the baseline) in place to match ``teacher`` (the stacked, guided model) on ``data`` (the
-        training :class:`genneg.DataSplit`), with ``train`` a :class:`genneg.config.TrainConfig`,
-        ``generator`` the stage's ``torch.Generator``, ``log`` a message callback and
-        ``options`` the config's ``distill.options``; returns the loss history
-        ``[(step, loss)]``. :class:`genneg.losses.DistillationLoss` is Eq. (14), sharded under
-        torchrun (see :mod:`genneg.engine.distill`, the built-in ``score-matching``).
+        the baseline; of ``distill.student``'s kind, :mod:`genneg.student`: train only its
+        parameters that require gradients) in place to match ``teacher`` (the stacked, guided
+        model) on ``data`` (the training :class:`genneg.DataSplit`), with ``train`` a
+        :class:`genneg.config.TrainConfig`, ``generator`` the stage's ``torch.Generator``,
+        ``log`` a message callback and ``options`` the config's ``distill.options``; returns
+        the loss history ``[(step, loss)]``. :class:`genneg.losses.DistillationLoss` is
+        Eq. (14), sharded under torchrun (see :mod:`genneg.engine.distill`, the built-in
+        ``score-matching``).
     """
 
 
