@@ -99,11 +99,9 @@ def init_student(student: nn.Module, base: nn.Module) -> nn.Module:
     """Ready ``student`` for Eq. (14): its baseline part takes ``base``'s weights; the
     trainable weights (all of a fine-tuned copy's, the correction network's of a residual
     one) require gradients, the residual student's baseline none. Returns ``student``."""
-    if isinstance(student, ResidualStudent):
-        student.base.load_state_dict(base.state_dict())
-        student.train().requires_grad_(True)
+    residual = isinstance(student, ResidualStudent)
+    (student.base if residual else student).load_state_dict(base.state_dict())
+    student.train().requires_grad_(True)
+    if residual:
         student.base.eval().requires_grad_(False)
-    else:
-        student.load_state_dict(base.state_dict())  # initialised from the baseline
-        student.train().requires_grad_(True)
     return student

@@ -65,8 +65,8 @@ def test_residual_student_learns_a_closed_form_guidance_term():
     """Teacher: the exact Gaussian denoiser guided by a soft half-line classifier with the
     ``denoised-st`` input (Eq. 9); its term is ``sigma^2 sigma_d c_in^2 grad_u log C(u)`` at
     ``u = D(x) / sigma_d``, which the residual student's correction can represent exactly.
-    After Eq. (14) the student must carry at least 99 % of the term's weighted energy, and the
-    frozen baseline must be untouched."""
+    After Eq. (14) the student must carry at least 99 % of the term's weighted energy (the
+    baseline's part is frozen: the first test)."""
     torch.manual_seed(0)
     process = EDMProcess()
     base = ExactGaussianDenoiser()
