@@ -203,6 +203,11 @@ class DistillConfig:
     #: baseline, every weight trained) or ``residual`` (the frozen baseline plus a correction
     #: network reading its denoised value, shaped like the guidance term).
     student: str = attrs.field(default="fine-tune", validator=v.in_(STUDENTS))
+    #: ``trajectories > 0`` also regresses the student at ``trajectory_states`` noisy states
+    #: of each of that many baseline sampler trajectories, as visited
+    #: (:func:`genneg.engine.distill.trajectory_states`). 0: the paper's.
+    trajectories: int = attrs.field(default=0, validator=_non_negative)
+    trajectory_states: int = attrs.field(default=4, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)

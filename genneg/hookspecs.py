@@ -66,7 +66,9 @@ def register_distillers(register):
         parameters that require gradients) in place to match ``teacher`` (the stacked, guided
         model) on ``data`` (the training :class:`genneg.DataSplit`), with ``train`` a
         :class:`genneg.config.TrainConfig`, ``generator`` the stage's ``torch.Generator``,
-        ``log`` a message callback and ``options`` the config's ``distill.options``; returns
+        ``log`` a message callback and ``options`` the config's ``distill.options`` (plus
+        ``states``, :class:`genneg.engine.distill.NoisyStates` to regress at as they are, when
+        ``distill.trajectories > 0``); returns
         the loss history ``[(step, loss)]``. :class:`genneg.losses.DistillationLoss` is
         Eq. (14), sharded under torchrun (see :mod:`genneg.engine.distill`, the built-in
         ``score-matching``).

@@ -113,7 +113,11 @@ class DistillationLoss:
             raise ValueError(f"distill sigma must be 'training' or 'elbo', got {sigma!r}")
         self.process, self.sigma = process, sigma
 
-    def __call__(self, student, teacher, x0, cond, generator=None) -> torch.Tensor:
+    def __call__(self, student, teacher, x0, cond, generator=None, states=None) -> torch.Tensor:
+        """The loss on ``x0`` noised here, and on ``states`` (an object with ``x``, ``sigma``
+        and ``cond``, e.g. :class:`genneg.engine.distill.NoisyStates`: points already noisy,
+        regressed at as they are with the same weight of their ``sigma``), averaged over all
+        rows."""
         n, p = x0.shape[0], self.process
         if self.sigma == "elbo":
             lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
@@ -123,6 +127,10 @@ class DistillationLoss:
             sigma = p.sample_training_sigma(n, generator, x0.device)
             weight_fn = p.loss_weight
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
+        if states is not None and len(states):
+            xt, x0 = torch.cat([xt, states.x]), torch.cat([x0, states.x])
+            sigma = torch.cat([sigma, states.sigma.to(sigma)])
+            cond = {k: torch.cat([cond[k], states.cond[k]]) for k in cond}
         return _regression(
             weight_fn,
             student,

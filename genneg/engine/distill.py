@@ -6,7 +6,8 @@ from __future__ import annotations
 import attrs
 import torch
 
-from genneg.components import DataSplit
+from genneg import rng
+from genneg.components import DataSplit, index_cond
 from genneg.engine.train import fit, minibatch
 from genneg.losses import DistillationLoss
 
@@ -23,6 +24,7 @@ def score_matching_distill(
     log=None,
     sigma: str = "training",
     ema: float = 0.0,
+    states: NoisyStates | None = None,
 ):
     """Train ``student`` in place to match ``teacher`` on noised true data ``data`` (a
     :class:`genneg.DataSplit`) with :class:`genneg.losses.DistillationLoss` (Eq. 14); returns
@@ -30,7 +32,10 @@ def score_matching_distill(
 
     Options (``distill.options``): ``sigma`` (``"training"``: the process' training noise
     levels and weight; ``"elbo"``: the ELBO's, see the loss) and ``ema`` (``> 0``: the student
-    ends with the exponential moving average, that decay per step, of its weights)."""
+    ends with the exponential moving average, that decay per step, of its weights).
+    ``states`` (:func:`trajectory_states`): noisy states a sampler visited, regressed at as
+    they are; each minibatch takes its share of rows from them in proportion to their count
+    among all points (``len(states) / (len(states) + len(data))``)."""
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"distill ema must be in [0, 1), got {ema}")
     for p in teacher.parameters():
@@ -39,9 +44,16 @@ def score_matching_distill(
     if ema:  # the option predates TrainConfig.ema; both mean the same average
         train = attrs.evolve(train, ema=ema)
 
+    n_states = 0
+    if states is not None and len(states):
+        n_states = round(train.batch_size * len(states) / (len(states) + len(data)))
+
     def loss_fn(step):
-        batch = minibatch(data, train.batch_size, generator)
-        return loss(student, teacher, batch.x, batch.cond, generator)
+        batch = minibatch(data, train.batch_size - n_states, generator)
+        visited = None
+        if n_states:
+            visited = states.index(rng.randint(len(states), (n_states,), generator))
+        return loss(student, teacher, batch.x, batch.cond, generator, states=visited)
 
     params = [p for p in student.parameters() if p.requires_grad]  # a residual's correction
     return fit(params, loss_fn, train, desc="distill", progress=progress, log=log, sharded=True)
@@ -76,3 +88,98 @@ def distillation_points(exp, classifiers, generator, log=None) -> DataSplit:
             f"the {source} ({share:.1%} of the points; {n - len(drawn)} non-finite dropped)"
         )
     return DataSplit.cat([train, drawn])
+
+
+@attrs.frozen
+class NoisyStates:
+    """Noisy points ``x`` ``[B, ...]`` at noise levels ``sigma`` ``[B]`` (``x = x0 + sigma n``
+    units) with their conditioning tensors: where a sampler's trajectories went."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    cond: dict = attrs.field(factory=dict)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def index(self, idx: torch.Tensor) -> NoisyStates:
+        return NoisyStates(self.x[idx], self.sigma[idx], index_cond(self.cond, idx))
+
+    @classmethod
+    def cat(cls, parts: list[NoisyStates]) -> NoisyStates:
+        return cls(
+            torch.cat([p.x for p in parts]),
+            torch.cat([p.sigma for p in parts]),
+            {k: torch.cat([p.cond[k] for p in parts]) for k in parts[0].cond},
+        )
+
+
+class _Recorder(torch.nn.Module):
+    """A denoiser that keeps the inputs ``(x, sigma)`` of every call (one sampling batch)."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser, self.calls, self.cond = denoiser, [], None
+
+    def forward(self, x, sigma, **cond):
+        self.calls.append((x.detach().clone(), torch.as_tensor(sigma).reshape(-1).expand(len(x))))
+        self.cond = cond
+        return self.denoiser(x, sigma, **cond)
+
+
+def trajectory_states(exp, generator, log=None) -> NoisyStates | None:
+    """``distill.trajectory_states`` states from each of ``distill.trajectories`` sampler
+    trajectories of the baseline (the synthetic sets' sampler, training conditions): at each
+    trajectory's randomly chosen calls of the denoiser, the ``(x_t, sigma)`` it was called at.
+    ``None`` when ``distill.trajectories`` is 0 (the paper: noised true data only).
+
+    Why: Eq. (14) noises clean scenes, so its points at a level ``sigma`` are a clean scene
+    plus isotropic noise; a sampler's own states carry the errors of the steps before them.
+    The student starts as the baseline, so these are the states its sampling visits before
+    it learns anything, including those of trajectories that end in an infraction, where the
+    teacher's guidance term is what the student must learn. The optimum of Eq. (14) is the
+    teacher wherever the points have support, so the states change where the student's
+    capacity goes, not what it converges to. Non-finite trajectories are dropped."""
+    cfg = exp.cfg.distill
+    if cfg.trajectories <= 0:
+        return None
+    sampler, parts, dropped = exp.synth_sampler, [], 0
+    for start in range(0, cfg.trajectories, sampler.batch_size):
+        recorder = _Recorder(exp.base)
+        sampler.sample(recorder, min(sampler.batch_size, cfg.trajectories - start), generator)
+        xs = torch.stack([x for x, _ in recorder.calls])  # [calls, b, ...]
+        sigmas = torch.stack([s for _, s in recorder.calls])  # [calls, b]
+        calls, b = sigmas.shape
+        finite = torch.isfinite(xs.flatten(2)).all(dim=2).all(dim=0)
+        dropped += int((~finite).sum())
+        pick = torch.stack(
+            [rng.randint(calls, (b,), generator) for _ in range(cfg.trajectory_states)]
+        )  # [k, b]: the calls kept of each trajectory
+        rows = torch.arange(b).expand_as(pick)
+        keep = finite.expand_as(pick).reshape(-1)
+        rows_flat = rows.reshape(-1)[keep]
+        parts.append(
+            NoisyStates(
+                xs[pick.reshape(-1)[keep], rows_flat],
+                sigmas[pick.reshape(-1)[keep], rows_flat],
+                index_cond(recorder.cond, rows_flat),
+            )
+        )
+    states = NoisyStates.cat(parts)
+    if log is not None:
+        log(
+            f"distill: {len(states)} states of {cfg.trajectories} baseline trajectories "
+            f"({cfg.trajectory_states} each; {dropped} non-finite trajectories dropped)"
+        )
+    return states
+
+
+def distillation_inputs(exp, classifiers, generator, log=None) -> dict:
+    """The distiller's points: ``data`` (:func:`distillation_points`) and, when
+    ``distill.trajectories > 0``, ``states`` (:func:`trajectory_states`; a distiller that
+    takes no ``states`` keeps working while the option is off)."""
+    inputs = {"data": distillation_points(exp, classifiers, generator, log)}
+    states = trajectory_states(exp, generator, log)
+    if states is not None:
+        inputs["states"] = states
+    return inputs

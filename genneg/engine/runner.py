@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from genneg import diagnostics, distributed
-from genneg.engine.distill import distillation_points
+from genneg.engine.distill import distillation_inputs
 from genneg.engine.evaluate import evaluate_stage
 from genneg.engine.results import headline, write_results
 from genneg.engine.rundir import RunDir, prepare_rundir
@@ -226,11 +226,11 @@ class _Run:
         init_student(student, exp.base)  # from the baseline (genneg.student)
         distiller = exp.registry.get("distillers", cfg.distill.distiller)
         t0, gen = time.perf_counter(), self.generator("distill", "samples")
-        points = distillation_points(exp, classifiers, gen, self.rd.log)
+        inputs = distillation_inputs(exp, classifiers, gen, self.rd.log)  # data (+ states)
         hist = distiller(
             student,
             exp.teacher(classifiers),
-            points,
+            **inputs,
             process=exp.process,
             train=cfg.distill.train,
             generator=self.generator("distill", "train"),

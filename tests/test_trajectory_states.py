@@ -1,0 +1,110 @@
+"""Distillation at the sampler's own states (``distill.trajectories``,
+genneg.engine.distill.trajectory_states): the states are the denoiser calls of the baseline's
+trajectories, in ``x = x0 + sigma n`` units (closed form: Gaussian data's marginals), Eq. (14)
+regresses at them as they are, and a run with them finishes and reloads."""
+
+import attrs
+import pytest
+import torch
+
+from genneg.config import DistillConfig
+from genneg.diffusion.shapes import broadcast
+from genneg.engine.distill import NoisyStates, _Recorder, trajectory_states
+from genneg.engine.runner import run
+from genneg.experiment import Experiment
+from genneg.losses import DistillationLoss
+from genneg.plugins import build_registry
+from tests import toy_plugin
+from tests.test_student import ExactGaussianDenoiser
+from tests.toy_plugin import MLP, toy_config
+
+
+@pytest.fixture
+def registry():
+    return build_registry({"toy": toy_plugin}, autoload=False)
+
+
+def experiment(registry, **distill):
+    cfg = toy_config()
+    cfg = attrs.evolve(cfg, distill=attrs.evolve(cfg.distill, **distill))
+    return Experiment(cfg, registry=registry)
+
+
+def test_states_are_calls_of_the_baselines_trajectories(registry):
+    """Each state is the input ``(x, sigma)`` of one of the sampler's calls on its own
+    trajectory (row), ``trajectory_states`` per trajectory; 0 trajectories: none (the
+    paper's)."""
+    assert trajectory_states(experiment(registry), torch.Generator()) is None
+    exp = experiment(registry, trajectories=300, trajectory_states=3)
+    logs = []
+    states = trajectory_states(exp, torch.Generator().manual_seed(1), logs.append)
+    assert len(states) == 900 and states.sigma.shape == (900,)
+    assert "900 states of 300 baseline trajectories (3 each" in logs[-1]
+    recorder = _Recorder(exp.base)
+    exp.synth_sampler.sample(recorder, 300, torch.Generator().manual_seed(1))
+    xs = torch.stack([x for x, _ in recorder.calls])  # [calls, 300, 2]
+    sigmas = torch.stack([s for _, s in recorder.calls])
+    for j in range(900):
+        row = j % 300  # states are [k, trajectory] flattened
+        hit = (xs[:, row] == states.x[j]).all(dim=1) & (sigmas[:, row] == states.sigma[j])
+        assert hit.any(), f"state {j} is not a call of trajectory {row}"
+    assert len(set(states.sigma.tolist())) > 5  # calls at many levels
+
+
+def test_states_have_the_gaussian_marginals():
+    """With the exact denoiser of ``N(0, 0.5^2)`` data, the sampler's state at level sigma is
+    (up to the sampler's discretisation) ``N(0, 0.5^2 + sigma^2)``: the states are in the
+    units Eq. (14)'s noised points are in."""
+    registry = build_registry({"toy": toy_plugin}, autoload=False)
+    exp = experiment(registry, trajectories=4000, trajectory_states=4)
+    exp.__dict__["base"] = ExactGaussianDenoiser()
+    exp.__dict__["synth_sampler"] = exp._sampler(32, exp.splits.train)
+    states = trajectory_states(exp, torch.Generator().manual_seed(2))
+    low = states.sigma < 20  # the prior's own level carries no sampler error
+    ratio = states.x[low].pow(2).mean(1) / (0.25 + states.sigma[low] ** 2)
+    assert low.sum() > 10_000
+    assert ratio.mean().item() == pytest.approx(1.0, abs=0.04)
+
+
+def test_the_loss_regresses_at_the_states_as_they_are():
+    """Eq. (14) on noised points plus states: the weighted mean over all rows, each state at
+    its own ``x`` and ``sigma`` (no noise added)."""
+    from genneg.diffusion.edm import EDMDenoiser, EDMProcess
+
+    torch.manual_seed(0)
+    process = EDMProcess()
+    student, teacher = EDMDenoiser(MLP(), process), EDMDenoiser(MLP(), process)
+    x0 = torch.randn(6, 2)
+    states = NoisyStates(torch.randn(4, 2) * 3, torch.tensor([0.1, 0.5, 2.0, 7.0]))
+    loss = DistillationLoss(process)
+    got = loss(student, teacher, x0, {}, torch.Generator().manual_seed(3), states=states)
+    gen = torch.Generator().manual_seed(3)
+    sigma = process.sample_training_sigma(6, gen, x0.device)
+    xt = torch.cat([x0 + broadcast(sigma, x0) * torch.randn(x0.shape, generator=gen), states.x])
+    sigma = torch.cat([sigma, states.sigma])
+    with torch.no_grad():
+        err = (student(xt, sigma) - teacher(xt, sigma)).pow(2).mean(1)
+    want = (process.loss_weight(sigma) * err).mean()
+    torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-7)
+    alone = loss(student, teacher, x0, {}, torch.Generator().manual_seed(3))
+    assert not torch.isclose(alone, got)
+
+
+def test_a_run_with_trajectory_states_finishes(tmp_path, registry):
+    cfg = toy_config(iterations=1)
+    cfg = attrs.evolve(cfg, distill=attrs.evolve(cfg.distill, student="residual", trajectories=200))
+    rows = run(cfg, tmp_path / "r", registry=registry, progress=False, quiet=True)
+    assert rows[-1]["stage"] == "distill" and 0 <= rows[-1]["infraction"] <= 100
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert "distill: 800 states of 200 baseline trajectories" in log
+    student = Experiment.from_run_dir(tmp_path / "r", registry=registry).load_stage("distill")
+    base = Experiment.from_run_dir(tmp_path / "r", registry=registry).load_stage("baseline")
+    x, sigma = torch.randn(8, 2), torch.full((8,), 0.5)
+    assert not torch.allclose(student(x, sigma), base(x, sigma))
+
+
+def test_trajectory_settings_are_checked():
+    with pytest.raises(ValueError, match="trajectories"):
+        DistillConfig(trajectories=-1)
+    with pytest.raises(ValueError, match="trajectory_states"):
+        DistillConfig(trajectory_states=0)
