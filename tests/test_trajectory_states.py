@@ -108,3 +108,21 @@ def test_trajectory_settings_are_checked():
         DistillConfig(trajectories=-1)
     with pytest.raises(ValueError, match="trajectory_states"):
         DistillConfig(trajectory_states=0)
+
+
+def test_non_finite_trajectories_are_dropped_and_counted(registry):
+    """A trajectory that turns non-finite at any call is left out whole, and the log says
+    how many were."""
+
+    class NanRowZero(torch.nn.Module):
+        def forward(self, x, sigma, **cond):
+            out = torch.zeros_like(x)
+            out[0] = float("nan")
+            return out
+
+    exp = experiment(registry, trajectories=20, trajectory_states=2)
+    exp.__dict__["base"] = NanRowZero()
+    logs = []
+    states = trajectory_states(exp, torch.Generator().manual_seed(0), logs.append)
+    assert len(states) == 2 * 19 and torch.isfinite(states.x).all()
+    assert "1 non-finite trajectories dropped" in logs[-1]
