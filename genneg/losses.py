@@ -46,7 +46,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from genneg import rng
 from genneg.classifier_targets import posterior_targets
-from genneg.components import index_cond
+from genneg.components import DataSplit, index_cond
 from genneg.diffusion.shapes import broadcast, masked_sum, real_dims
 from genneg.distributed import sharded_mean
 from genneg.guidance import log_prob_from_logits
@@ -114,10 +114,9 @@ class DistillationLoss:
         self.process, self.sigma = process, sigma
 
     def __call__(self, student, teacher, x0, cond, generator=None, states=None) -> torch.Tensor:
-        """The loss on ``x0`` noised here, and on ``states`` (an object with ``x``, ``sigma``
-        and ``cond``, e.g. :class:`genneg.engine.distill.NoisyStates`: points already noisy,
-        regressed at as they are with the same weight of their ``sigma``), averaged over all
-        rows."""
+        """The loss on ``x0`` noised here, and on ``states`` (a
+        :class:`genneg.engine.distill.NoisyStates`: ``points`` already noisy, regressed at as
+        they are with the same weight of their ``sigma``), averaged over all rows."""
         n, p = x0.shape[0], self.process
         if self.sigma == "elbo":
             lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
@@ -128,9 +127,9 @@ class DistillationLoss:
             weight_fn = p.loss_weight
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
         if states is not None and len(states):
-            xt, x0 = torch.cat([xt, states.x]), torch.cat([x0, states.x])
+            noisy = DataSplit.cat([DataSplit(x=xt, cond=cond), states.points])
+            xt, cond, x0 = noisy.x, noisy.cond, torch.cat([x0, states.points.x])
             sigma = torch.cat([sigma, states.sigma.to(sigma)])
-            cond = {k: torch.cat([cond[k], states.cond[k]]) for k in cond}
         return _regression(
             weight_fn,
             student,

@@ -7,6 +7,7 @@ import attrs
 import pytest
 import torch
 
+from genneg.components import DataSplit
 from genneg.config import DistillConfig
 from genneg.diffusion.shapes import broadcast
 from genneg.engine.distill import NoisyStates, _Recorder, trajectory_states
@@ -46,7 +47,7 @@ def test_states_are_calls_of_the_baselines_trajectories(registry):
     sigmas = torch.stack([s for _, s in recorder.calls])
     for j in range(900):
         row = j % 300  # states are [k, trajectory] flattened
-        hit = (xs[:, row] == states.x[j]).all(dim=1) & (sigmas[:, row] == states.sigma[j])
+        hit = (xs[:, row] == states.points.x[j]).all(dim=1) & (sigmas[:, row] == states.sigma[j])
         assert hit.any(), f"state {j} is not a call of trajectory {row}"
     assert len(set(states.sigma.tolist())) > 5  # calls at many levels
 
@@ -61,7 +62,7 @@ def test_states_have_the_gaussian_marginals():
     exp.__dict__["synth_sampler"] = exp._sampler(32, exp.splits.train)
     states = trajectory_states(exp, torch.Generator().manual_seed(2))
     low = states.sigma < 20  # the prior's own level carries no sampler error
-    ratio = states.x[low].pow(2).mean(1) / (0.25 + states.sigma[low] ** 2)
+    ratio = states.points.x[low].pow(2).mean(1) / (0.25 + states.sigma[low] ** 2)
     assert low.sum() > 10_000
     assert ratio.mean().item() == pytest.approx(1.0, abs=0.04)
 
@@ -75,12 +76,14 @@ def test_the_loss_regresses_at_the_states_as_they_are():
     process = EDMProcess()
     student, teacher = EDMDenoiser(MLP(), process), EDMDenoiser(MLP(), process)
     x0 = torch.randn(6, 2)
-    states = NoisyStates(torch.randn(4, 2) * 3, torch.tensor([0.1, 0.5, 2.0, 7.0]))
+    states = NoisyStates(DataSplit(x=torch.randn(4, 2) * 3), torch.tensor([0.1, 0.5, 2.0, 7.0]))
     loss = DistillationLoss(process)
     got = loss(student, teacher, x0, {}, torch.Generator().manual_seed(3), states=states)
     gen = torch.Generator().manual_seed(3)
     sigma = process.sample_training_sigma(6, gen, x0.device)
-    xt = torch.cat([x0 + broadcast(sigma, x0) * torch.randn(x0.shape, generator=gen), states.x])
+    xt = torch.cat(
+        [x0 + broadcast(sigma, x0) * torch.randn(x0.shape, generator=gen), states.points.x]
+    )
     sigma = torch.cat([sigma, states.sigma])
     with torch.no_grad():
         err = (student(xt, sigma) - teacher(xt, sigma)).pow(2).mean(1)
@@ -124,5 +127,5 @@ def test_non_finite_trajectories_are_dropped_and_counted(registry):
     exp.__dict__["base"] = NanRowZero()
     logs = []
     states = trajectory_states(exp, torch.Generator().manual_seed(0), logs.append)
-    assert len(states) == 2 * 19 and torch.isfinite(states.x).all()
+    assert len(states) == 2 * 19 and torch.isfinite(states.points.x).all()
     assert "1 non-finite trajectories dropped" in logs[-1]

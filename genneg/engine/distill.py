@@ -92,26 +92,21 @@ def distillation_points(exp, classifiers, generator, log=None) -> DataSplit:
 
 @attrs.frozen
 class NoisyStates:
-    """Noisy points ``x`` ``[B, ...]`` at noise levels ``sigma`` ``[B]`` (``x = x0 + sigma n``
-    units) with their conditioning tensors: where a sampler's trajectories went."""
+    """Noisy points (``points.x``, in ``x = x0 + sigma n`` units, with their conditioning
+    tensors) at noise levels ``sigma`` ``[B]``: where a sampler's trajectories went."""
 
-    x: torch.Tensor
+    points: DataSplit
     sigma: torch.Tensor
-    cond: dict = attrs.field(factory=dict)
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return len(self.points)
 
     def index(self, idx: torch.Tensor) -> NoisyStates:
-        return NoisyStates(self.x[idx], self.sigma[idx], index_cond(self.cond, idx))
+        return NoisyStates(self.points.index(idx), self.sigma[idx])
 
     @classmethod
     def cat(cls, parts: list[NoisyStates]) -> NoisyStates:
-        return cls(
-            torch.cat([p.x for p in parts]),
-            torch.cat([p.sigma for p in parts]),
-            {k: torch.cat([p.cond[k] for p in parts]) for k in parts[0].cond},
-        )
+        return cls(DataSplit.cat([p.points for p in parts]), torch.cat([p.sigma for p in parts]))
 
 
 class _Recorder(torch.nn.Module):
@@ -155,16 +150,11 @@ def trajectory_states(exp, generator, log=None) -> NoisyStates | None:
         pick = torch.stack(
             [rng.randint(calls, (b,), generator) for _ in range(cfg.trajectory_states)]
         )  # [k, b]: the calls kept of each trajectory
-        rows = torch.arange(b).expand_as(pick)
         keep = finite.expand_as(pick).reshape(-1)
-        rows_flat = rows.reshape(-1)[keep]
-        parts.append(
-            NoisyStates(
-                xs[pick.reshape(-1)[keep], rows_flat],
-                sigmas[pick.reshape(-1)[keep], rows_flat],
-                index_cond(recorder.cond, rows_flat),
-            )
-        )
+        call = pick.reshape(-1)[keep]
+        row = torch.arange(b).expand_as(pick).reshape(-1)[keep]
+        points = DataSplit(x=xs[call, row], cond=index_cond(recorder.cond, row))
+        parts.append(NoisyStates(points, sigmas[call, row]))
     states = NoisyStates.cat(parts)
     if log is not None:
         log(
