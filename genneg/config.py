@@ -204,10 +204,14 @@ class DistillConfig:
     #: network reading its denoised value, shaped like the guidance term).
     student: str = attrs.field(default="fine-tune", validator=v.in_(STUDENTS))
     #: ``trajectories > 0`` also regresses the student at ``trajectory_states`` noisy states
-    #: of each of that many baseline sampler trajectories, as visited
-    #: (:func:`genneg.engine.distill.trajectory_states`). 0: the paper's.
+    #: of each of that many sampler trajectories of ``trajectories_from`` (``baseline``: the
+    #: model the student starts as; ``teacher``: the guided stack it should end as), as
+    #: visited (:func:`genneg.engine.distill.trajectory_states`). 0: the paper's.
     trajectories: int = attrs.field(default=0, validator=_non_negative)
     trajectory_states: int = attrs.field(default=4, validator=_positive)
+    trajectories_from: str = attrs.field(
+        default="baseline", validator=v.in_(("baseline", "teacher"))
+    )
 
 
 @attrs.frozen(kw_only=True)

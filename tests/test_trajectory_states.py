@@ -129,3 +129,44 @@ def test_non_finite_trajectories_are_dropped_and_counted(registry):
     states = trajectory_states(exp, torch.Generator().manual_seed(0), logs.append)
     assert len(states) == 2 * 19 and torch.isfinite(states.points.x).all()
     assert "1 non-finite trajectories dropped" in logs[-1]
+
+
+def test_teacher_states_are_calls_of_the_guided_trajectories(registry):
+    """``trajectories_from = "teacher"``: the states are calls of the stack-guided model's
+    trajectories (the same sampler and generator), which a non-zero guidance term moves off
+    the baseline's; without a stack the setting is refused by name."""
+    exp = experiment(registry, trajectories=100, trajectory_states=2, trajectories_from="teacher")
+    torch.manual_seed(0)
+    stack = [exp.new_classifier()]
+    with torch.no_grad():  # a steep classifier, so the guidance term is not negligible
+        for p in stack[0].parameters():
+            p.mul_(4.0)
+    logs = []
+    states = trajectory_states(exp, torch.Generator().manual_seed(5), logs.append, stack)
+    assert len(states) == 200 and "200 states of 100 teacher trajectories" in logs[-1]
+
+    def calls(model):
+        recorder = _Recorder(model)
+        exp.synth_sampler.sample(recorder, 100, torch.Generator().manual_seed(5))
+        return torch.stack([x for x, _ in recorder.calls]), torch.stack(
+            [s for _, s in recorder.calls]
+        )
+
+    def found(xs, sigmas):
+        return [
+            bool(
+                (
+                    (xs[:, j % 100] == states.points.x[j]).all(dim=1)
+                    & (sigmas[:, j % 100] == states.sigma[j])
+                ).any()
+            )
+            for j in range(200)
+        ]
+
+    assert all(found(*calls(exp.guided(stack))))
+    # the baseline shares only the first call (the prior's draw; 1 in 15 calls): 11 of 200
+    assert sum(found(*calls(exp.base))) < 40
+    with pytest.raises(ValueError, match="trajectories_from = 'teacher' needs"):
+        trajectory_states(exp, torch.Generator())
+    with pytest.raises(ValueError, match="trajectories_from"):
+        DistillConfig(trajectories_from="student")

@@ -122,25 +122,32 @@ class _Recorder(torch.nn.Module):
         return self.denoiser(x, sigma, **cond)
 
 
-def trajectory_states(exp, generator, log=None) -> NoisyStates | None:
+def trajectory_states(exp, generator, log=None, classifiers=()) -> NoisyStates | None:
     """``distill.trajectory_states`` states from each of ``distill.trajectories`` sampler
-    trajectories of the baseline (the synthetic sets' sampler, training conditions): at each
-    trajectory's randomly chosen calls of the denoiser, the ``(x_t, sigma)`` it was called at.
-    ``None`` when ``distill.trajectories`` is 0 (the paper: noised true data only).
+    trajectories of ``distill.trajectories_from`` (the baseline, or the teacher: the baseline
+    guided by the stack ``classifiers``; the synthetic sets' sampler, training conditions): at
+    each trajectory's randomly chosen calls of the denoiser, the ``(x_t, sigma)`` it was called
+    at. ``None`` when ``distill.trajectories`` is 0 (the paper: noised true data only).
 
     Why: Eq. (14) noises clean scenes, so its points at a level ``sigma`` are a clean scene
     plus isotropic noise; a sampler's own states carry the errors of the steps before them.
     The student starts as the baseline, so these are the states its sampling visits before
     it learns anything, including those of trajectories that end in an infraction, where the
-    teacher's guidance term is what the student must learn. The optimum of Eq. (14) is the
-    teacher wherever the points have support, so the states change where the student's
-    capacity goes, not what it converges to. Non-finite trajectories are dropped."""
+    teacher's guidance term is what the student must learn. The teacher's states are where
+    a student that has learnt samples (the fixed point of regressing at the student's own
+    states, as imitation learning does). The optimum of Eq. (14) is the teacher wherever the
+    points have support, so the states change where the student's capacity goes, not what it
+    converges to. Non-finite trajectories are dropped."""
     cfg = exp.cfg.distill
     if cfg.trajectories <= 0:
         return None
+    source = cfg.trajectories_from
+    if source == "teacher" and not classifiers:
+        raise ValueError("distill.trajectories_from = 'teacher' needs the stack's classifiers")
+    model = exp.base if source == "baseline" else exp.guided(classifiers)  # as synth sets
     sampler, parts, dropped = exp.synth_sampler, [], 0
     for start in range(0, cfg.trajectories, sampler.batch_size):
-        recorder = _Recorder(exp.base)
+        recorder = _Recorder(model)
         sampler.sample(recorder, min(sampler.batch_size, cfg.trajectories - start), generator)
         xs = torch.stack([x for x, _ in recorder.calls])  # [calls, b, ...]
         sigmas = torch.stack([s for _, s in recorder.calls])  # [calls, b]
@@ -158,7 +165,7 @@ def trajectory_states(exp, generator, log=None) -> NoisyStates | None:
     states = NoisyStates.cat(parts)
     if log is not None:
         log(
-            f"distill: {len(states)} states of {cfg.trajectories} baseline trajectories "
+            f"distill: {len(states)} states of {cfg.trajectories} {source} trajectories "
             f"({cfg.trajectory_states} each; {dropped} non-finite trajectories dropped)"
         )
     return states
@@ -169,7 +176,7 @@ def distillation_inputs(exp, classifiers, generator, log=None) -> dict:
     ``distill.trajectories > 0``, ``states`` (:func:`trajectory_states`; a distiller that
     takes no ``states`` keeps working while the option is off)."""
     inputs = {"data": distillation_points(exp, classifiers, generator, log)}
-    states = trajectory_states(exp, generator, log)
+    states = trajectory_states(exp, generator, log, classifiers)
     if states is not None:
         inputs["states"] = states
     return inputs
