@@ -93,13 +93,22 @@ def test_the_loss_regresses_at_the_states_as_they_are():
     assert not torch.isclose(alone, got)
 
 
-def test_a_run_with_trajectory_states_finishes(tmp_path, registry):
+@pytest.mark.parametrize("source", ["baseline", "teacher"])
+def test_a_run_with_trajectory_states_finishes(tmp_path, registry, source):
     cfg = toy_config(iterations=1)
-    cfg = attrs.evolve(cfg, distill=attrs.evolve(cfg.distill, student="residual", trajectories=200))
-    rows = run(cfg, tmp_path / "r", registry=registry, progress=False, quiet=True)
+    distill = attrs.evolve(
+        cfg.distill, student="residual", trajectories=200, trajectories_from=source
+    )
+    rows = run(
+        attrs.evolve(cfg, distill=distill),
+        tmp_path / "r",
+        registry=registry,
+        progress=False,
+        quiet=True,
+    )
     assert rows[-1]["stage"] == "distill" and 0 <= rows[-1]["infraction"] <= 100
     log = (tmp_path / "r" / "log.txt").read_text()
-    assert "distill: 800 states of 200 baseline trajectories" in log
+    assert f"distill: 800 states of 200 {source} trajectories" in log
     student = Experiment.from_run_dir(tmp_path / "r", registry=registry).load_stage("distill")
     base = Experiment.from_run_dir(tmp_path / "r", registry=registry).load_stage("baseline")
     x, sigma = torch.randn(8, 2), torch.full((8,), 0.5)
