@@ -31,6 +31,32 @@ def experiment(registry, **distill):
     return Experiment(cfg, registry=registry)
 
 
+def recorded_calls(exp, model, n, seed):
+    """The ``(x, sigma)`` inputs of every denoiser call of ``n`` trajectories of ``model``
+    under the synthetic sets' sampler: ``[calls, n, ...]`` and ``[calls, n]``."""
+    recorder = _Recorder(model)
+    exp.synth_sampler.sample(recorder, n, torch.Generator().manual_seed(seed))
+    return (
+        torch.stack([x for x, _ in recorder.calls]),
+        torch.stack([s for _, s in recorder.calls]),
+    )
+
+
+def found_among_calls(states, xs, sigmas):
+    """For each state, whether it is one of the calls of its own trajectory (states are
+    ``[k, trajectory]`` flattened, so state ``j`` belongs to trajectory ``j % n``)."""
+    n = xs.shape[1]
+    return [
+        bool(
+            (
+                (xs[:, j % n] == states.points.x[j]).all(dim=1)
+                & (sigmas[:, j % n] == states.sigma[j])
+            ).any()
+        )
+        for j in range(len(states))
+    ]
+
+
 def test_states_are_calls_of_the_baselines_trajectories(registry):
     """Each state is the input ``(x, sigma)`` of one of the sampler's calls on its own
     trajectory (row), ``trajectory_states`` per trajectory; 0 trajectories: none (the
@@ -41,14 +67,9 @@ def test_states_are_calls_of_the_baselines_trajectories(registry):
     states = trajectory_states(exp, torch.Generator().manual_seed(1), logs.append)
     assert len(states) == 900 and states.sigma.shape == (900,)
     assert "900 states of 300 baseline trajectories (3 each" in logs[-1]
-    recorder = _Recorder(exp.base)
-    exp.synth_sampler.sample(recorder, 300, torch.Generator().manual_seed(1))
-    xs = torch.stack([x for x, _ in recorder.calls])  # [calls, 300, 2]
-    sigmas = torch.stack([s for _, s in recorder.calls])
-    for j in range(900):
-        row = j % 300  # states are [k, trajectory] flattened
-        hit = (xs[:, row] == states.points.x[j]).all(dim=1) & (sigmas[:, row] == states.sigma[j])
-        assert hit.any(), f"state {j} is not a call of trajectory {row}"
+    found = found_among_calls(states, *recorded_calls(exp, exp.base, 300, seed=1))
+    missing = [j for j, hit in enumerate(found) if not hit]
+    assert not missing, f"states {missing[:5]} are not calls of their trajectories"
     assert len(set(states.sigma.tolist())) > 5  # calls at many levels
 
 
@@ -153,28 +174,9 @@ def test_teacher_states_are_calls_of_the_guided_trajectories(registry):
     logs = []
     states = trajectory_states(exp, torch.Generator().manual_seed(5), logs.append, stack)
     assert len(states) == 200 and "200 states of 100 teacher trajectories" in logs[-1]
-
-    def calls(model):
-        recorder = _Recorder(model)
-        exp.synth_sampler.sample(recorder, 100, torch.Generator().manual_seed(5))
-        return torch.stack([x for x, _ in recorder.calls]), torch.stack(
-            [s for _, s in recorder.calls]
-        )
-
-    def found(xs, sigmas):
-        return [
-            bool(
-                (
-                    (xs[:, j % 100] == states.points.x[j]).all(dim=1)
-                    & (sigmas[:, j % 100] == states.sigma[j])
-                ).any()
-            )
-            for j in range(200)
-        ]
-
-    assert all(found(*calls(exp.guided(stack))))
+    assert all(found_among_calls(states, *recorded_calls(exp, exp.guided(stack), 100, seed=5)))
     # the baseline shares only the first call (the prior's draw; 1 in 15 calls): 11 of 200
-    assert sum(found(*calls(exp.base))) < 40
+    assert sum(found_among_calls(states, *recorded_calls(exp, exp.base, 100, seed=5))) < 40
     with pytest.raises(ValueError, match="trajectories_from = 'teacher' needs"):
         trajectory_states(exp, torch.Generator())
     with pytest.raises(ValueError, match="trajectories_from"):

@@ -77,8 +77,7 @@ def distillation_points(exp, classifiers, generator, log=None) -> DataSplit:
     if n <= 0:
         return train
     source = exp.cfg.distill.samples_from
-    model = exp.base if source == "baseline" else exp.guided(classifiers)  # as synth sets
-    drawn = exp.synth_sampler.sample(model, n, generator)
+    drawn = exp.synth_sampler.sample(sampled_model(exp, source, classifiers), n, generator)
     finite = torch.isfinite(drawn.x.flatten(1)).all(dim=1)
     drawn = drawn.index(finite.nonzero().squeeze(1))
     if log is not None:
@@ -88,6 +87,13 @@ def distillation_points(exp, classifiers, generator, log=None) -> DataSplit:
             f"the {source} ({share:.1%} of the points; {n - len(drawn)} non-finite dropped)"
         )
     return DataSplit.cat([train, drawn])
+
+
+def sampled_model(exp, source: str, classifiers):
+    """The model whose samples or trajectories the distiller adds to its points: ``source``
+    ``"baseline"`` (the unguided model) or ``"teacher"`` (the baseline guided by the stack
+    ``classifiers``, as the synthetic sets are drawn)."""
+    return exp.base if source == "baseline" else exp.guided(classifiers)
 
 
 @attrs.frozen
@@ -144,7 +150,7 @@ def trajectory_states(exp, generator, log=None, classifiers=()) -> NoisyStates |
     source = cfg.trajectories_from
     if source == "teacher" and not classifiers:
         raise ValueError("distill.trajectories_from = 'teacher' needs the stack's classifiers")
-    model = exp.base if source == "baseline" else exp.guided(classifiers)  # as synth sets
+    model = sampled_model(exp, source, classifiers)
     sampler, parts, dropped = exp.synth_sampler, [], 0
     for start in range(0, cfg.trajectories, sampler.batch_size):
         recorder = _Recorder(model)
