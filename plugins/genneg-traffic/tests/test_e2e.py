@@ -27,6 +27,13 @@ def test_registered_components():
         assert reg.get("presets", name)().classifier.input == "denoised-st"
         # the score term (docs/traffic.md) on the SUMO presets, not on the paper's
         assert reg.get("presets", name)().classifier.score_weight == 0.25
+        # session 17 (docs/traffic.md "Where the guidance pays"): averaged classifier weights,
+        # guidance below sigma 0.35 at scale 2, the residual student on trajectory states
+        cfg = reg.get("presets", name)()
+        assert cfg.classifier.train.ema == 0.998
+        assert cfg.classifier.guidance_window == [0.0, 0.35]
+        assert cfg.classifier.guidance_scale == 2.0
+        assert (cfg.distill.student, cfg.distill.trajectories) == ("residual", 2000)
     assert reg.get("presets", "traffic")().classifier.input == "c_in"  # the paper's
     assert reg.get("presets", "traffic")().eval.condition_split == "train"
     assert reg.get("presets", "traffic")().classifier.score_weight == 0.0
