@@ -21,15 +21,15 @@ def test_registered_components():
         assert cfg.classifier.element_loss == "per-element"  # the paper's rows
     # infraction on SUMO traffic is scored on the held-out city (Braunschweig)
     for name in ("traffic-sumo", "traffic-sumo-agent", "traffic-sumo-agent-stacked"):
-        assert reg.get("presets", name)().eval.condition_split == "test"
-        assert reg.get("presets", name)().sampling.sampler == "ddpm-langevin"
+        cfg = reg.get("presets", name)()
+        assert cfg.eval.condition_split == "test"
+        assert cfg.sampling.sampler == "ddpm-langevin"
         # classifiers read the baseline's D(x_t), straight through (docs/traffic.md)
-        assert reg.get("presets", name)().classifier.input == "denoised-st"
+        assert cfg.classifier.input == "denoised-st"
         # the score term (docs/traffic.md) on the SUMO presets, not on the paper's
-        assert reg.get("presets", name)().classifier.score_weight == 0.25
+        assert cfg.classifier.score_weight == 0.25
         # session 17 (docs/traffic.md "Where the guidance pays"): averaged classifier weights,
         # guidance below sigma 0.35 at scale 2, the residual student on trajectory states
-        cfg = reg.get("presets", name)()
         assert cfg.classifier.train.ema == 0.998
         assert cfg.classifier.guidance_window == [0.0, 0.35]
         assert cfg.classifier.guidance_scale == 2.0
