@@ -102,9 +102,9 @@ def sumo_cpu_preset() -> RunConfig:
     model's r-ELBO cost 3.9-8.3 -> 0.5-0.7 nats/dim at the same infraction, over 3 seeds).
     The classifiers end with the average of their weights (``classifier.train.ema``) and guide
     only at noise levels up to 0.35, at scale 2 (``classifier.guidance_window``,
-    ``classifier.guidance_scale``), and the student is the
-    residual one, regressed also at the baseline sampler's states (``distill.student``,
-    ``distill.trajectories``; docs/traffic.md, issue 12, session 17)."""
+    ``classifier.guidance_scale``), and the student is the residual one, regressed also at
+    the baseline sampler's states (``distill.student``, ``distill.trajectories``;
+    docs/traffic.md, issue 12, session 17)."""
     net = {
         "hidden": 64,
         "heads": 4,
