@@ -208,6 +208,10 @@ class DistillConfig:
     #: model the student starts as; ``teacher``: the guided stack it should end as), as
     #: visited (:func:`genneg.engine.distill.trajectory_states`). 0: the paper's.
     trajectories: int = attrs.field(default=0, validator=_non_negative)
+    #: ``True``: the (residual) student corrects the baseline only inside
+    #: ``classifier.guidance_window``, where the windowed teacher differs from the baseline,
+    #: and Eq. (14) is regressed only at the levels inside it (:mod:`genneg.student`; ours).
+    in_window: bool = False
     trajectory_states: int = attrs.field(default=4, validator=_positive)
     trajectories_from: str = attrs.field(
         default="baseline", validator=v.in_(("baseline", "teacher"))
@@ -253,6 +257,15 @@ class RunConfig:
     classifier: ClassifierConfig
     distill: DistillConfig = attrs.field(factory=DistillConfig)
     eval: EvalConfig = attrs.field(factory=EvalConfig)
+
+    def __attrs_post_init__(self):
+        d = self.distill
+        if d.in_window and not (self.classifier.guidance_window and d.student == "residual"):
+            raise ValueError(
+                "distill.in_window confines a residual student to classifier.guidance_window; "
+                f"it needs both (distill.student = {d.student!r}, classifier.guidance_window = "
+                f"{self.classifier.guidance_window})"
+            )
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)

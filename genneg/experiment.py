@@ -135,8 +135,11 @@ class Experiment:
 
     def new_student(self) -> torch.nn.Module:
         """A fresh (untrained) distillation student of ``distill.student``'s kind
-        (:mod:`genneg.student`), on the run's device."""
-        return make_student(self.cfg.distill.student, self.new_denoiser, self.process)
+        (:mod:`genneg.student`), on the run's device; with ``distill.in_window`` confined to
+        ``classifier.guidance_window``."""
+        d = self.cfg.distill
+        window = self.cfg.classifier.guidance_window if d.in_window else ()
+        return make_student(d.student, self.new_denoiser, self.process, window)
 
     def new_classifier(self) -> TimeClassifier:
         """A fresh (untrained) guidance classifier, on the run's device (with the

@@ -104,14 +104,46 @@ class DistillationLoss:
     error by ``1 / sigma^2`` instead: gamma_t of the continuous-time ELBO (:mod:`genneg.elbo`),
     so the loss is the student's ELBO-weighted distance to the teacher at every noise level the
     ELBO and the sampler visit.
+
+    ``window = (sigma_lo, sigma_hi)`` (``distill.in_window``, for a student confined to the
+    teacher's guidance window, :mod:`genneg.student`): the noise levels are drawn from the same
+    distribution conditioned on lying in the window (ELBO levels: log-uniform on the
+    intersection), and ``states`` outside it are dropped; the terms left out are zero for such
+    a student, so the loss keeps its optimum and spends every row where the teacher differs
+    from the baseline.
     """
 
     SIGMAS = ("training", "elbo")
 
-    def __init__(self, process, sigma: str = "training"):
+    def __init__(self, process, sigma: str = "training", window=()):
         if sigma not in self.SIGMAS:
             raise ValueError(f"distill sigma must be 'training' or 'elbo', got {sigma!r}")
         self.process, self.sigma = process, sigma
+        self.window = tuple(float(w) for w in window)
+        if self.window and not (len(self.window) == 2 and 0 <= self.window[0] < self.window[1]):
+            raise ValueError(f"a distillation window is [sigma_lo, sigma_hi], got {list(window)}")
+
+    def _inside(self, sigma: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.window
+        return (sigma >= lo) & (sigma <= hi)
+
+    def _training_sigma(self, n: int, generator, device) -> torch.Tensor:
+        """``n`` training noise levels, conditioned on the window (rejection, in rounds)."""
+        draw = self.process.sample_training_sigma
+        if not self.window:
+            return draw(n, generator, device)
+        kept, have = [], 0
+        for _ in range(1000):
+            sigma = draw(max(4 * n, 256), generator, device)
+            sigma = sigma[self._inside(sigma)]
+            kept.append(sigma)
+            have += len(sigma)
+            if have >= n:
+                return torch.cat(kept)[:n]
+        raise ValueError(
+            f"the distillation window {list(self.window)} holds (almost) none of the process' "
+            f"training noise levels; widen classifier.guidance_window or turn distill.in_window off"
+        )
 
     def __call__(self, student, teacher, x0, cond, generator=None, states=None) -> torch.Tensor:
         """The loss on ``x0`` noised here, and on ``states`` (a
@@ -119,13 +151,23 @@ class DistillationLoss:
         they are with the same weight of their ``sigma``), averaged over all rows."""
         n, p = x0.shape[0], self.process
         if self.sigma == "elbo":
-            lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
+            lo, hi = p.sigma_min, p.sigma_max
+            if self.window:
+                lo, hi = max(lo, self.window[0]), min(hi, self.window[1])
+                if not lo < hi:
+                    raise ValueError(
+                        f"the distillation window {list(self.window)} misses the ELBO's levels "
+                        f"[{p.sigma_min:.4g}, {p.sigma_max:.4g}]"
+                    )
+            lo, hi = math.log(lo), math.log(hi)
             sigma = torch.exp(lo + (hi - lo) * rng.rand(n, generator, x0.device))
             weight_fn = _inverse_square
         else:
-            sigma = p.sample_training_sigma(n, generator, x0.device)
+            sigma = self._training_sigma(n, generator, x0.device)
             weight_fn = p.loss_weight
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
+        if states is not None and self.window:
+            states = states.index(self._inside(states.sigma).nonzero().squeeze(1))
         if states is not None and len(states):
             noisy = DataSplit.cat([DataSplit(x=xt, cond=cond), states.points])
             xt, cond, x0 = noisy.x, noisy.cond, torch.cat([x0, states.points.x])

@@ -126,3 +126,109 @@ def test_student_kind_and_network_are_checked():
         make_student("residual", Wrapped, EDMProcess())
     with pytest.raises(ValueError, match="raw .network"):
         make_student("residual", MLP, EDMProcess())
+
+
+# --- a student confined to the guidance window (distill.in_window) ---
+
+
+def test_windowed_residual_student_is_the_baseline_outside_its_window():
+    process = EDMProcess()
+    new = lambda: EDMDenoiser(MLP(), process)  # noqa: E731
+    base = new()
+    student = init_student(make_student("residual", new, process, (0.2, 1.0)), base)
+    with torch.no_grad():  # a correction that is not zero anywhere
+        for p in student.network.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(6, 2)
+    sigma = torch.tensor([0.05, 0.1999, 0.2, 0.6, 1.0, 2.0])
+    out, ref = student(x, sigma), base(x, sigma)
+    same = (out == ref).all(dim=1)
+    assert same.tolist() == [True, True, False, False, False, True]
+    torch.testing.assert_close(student(x[:2], sigma[:2]), ref[:2], rtol=0, atol=0)
+    # the window is part of the checkpoint; one written before the option means every level
+    state = student.state_dict()
+    assert state["window"].tolist() == pytest.approx([0.2, 1.0])
+    other = make_student("residual", new, process)
+    other.load_state_dict(state)
+    assert other.window.tolist() == pytest.approx([0.2, 1.0])
+    del state["window"]
+    other.load_state_dict(state)
+    assert other.window[0] == 0 and torch.isinf(other.window[1])
+    assert not (other(x, sigma) == ref).all(dim=1)[0]
+
+
+def test_windowed_distillation_learns_the_windowed_teacher():
+    """The teacher guides only for sigma in [0.2, 1] (genneg.window); the windowed student,
+    regressed only there, must carry 99 % of the term's weighted energy inside the window and
+    be the teacher exactly outside it."""
+    from genneg.window import windowed
+
+    torch.manual_seed(0)
+    process, window = EDMProcess(), (0.2, 1.0)
+    base = ExactGaussianDenoiser()
+    clf = TimeClassifier(HalfLineLogit(), process, input="denoised-st", denoiser=base)
+    teacher = GuidedDenoiser(base, windowed([clf.requires_grad_(False)], window))
+    student = init_student(ResidualStudent(base, MLP(hidden=64), process, window), base)
+    gen = torch.Generator().manual_seed(1)
+    data = toy_plugin.ToyData(n=4000).load(None, gen).train
+    train = attrs.evolve(toy_config().distill.train, steps=800, batch_size=256, lr=3e-3)
+    score_matching_distill(student, teacher, data, process=process, train=train,
+                           generator=gen, progress=False, window=window)  # fmt: skip
+    x0 = 0.5 * torch.randn(4000, 2, generator=gen)
+    sigma = process.sample_training_sigma(len(x0), gen, x0.device)
+    xt = x0 + broadcast(sigma, x0) * torch.randn(x0.shape, generator=gen)
+    with torch.no_grad():
+        d, dt, ds = base(xt, sigma), teacher(xt, sigma), student(xt, sigma)
+    inside = (sigma >= 0.2) & (sigma <= 1.0)
+    assert 0.2 < inside.float().mean() < 0.8
+    term = weighted_energy((dt - d)[inside], sigma[inside], process)
+    assert term > 1e-3
+    assert weighted_energy((dt - ds)[inside], sigma[inside], process) < 0.01 * term
+    torch.testing.assert_close(ds[~inside], dt[~inside], rtol=0, atol=0)
+
+
+def test_distillation_loss_draws_its_levels_inside_the_window():
+    """On DDPM-100 (sigmas 0.032, 0.063, ...) the window [0.05, 0.2] holds levels 2-6: the
+    loss draws them uniformly, as the training distribution conditioned on the window; a
+    window without a training level is an error naming the option."""
+    from genneg.diffusion.vp import VPConfig, VPProcess
+    from genneg.losses import DistillationLoss
+
+    process = VPProcess(VPConfig(timesteps=100))
+    loss = DistillationLoss(process, window=(0.05, 0.2))
+    gen = torch.Generator().manual_seed(0)
+    sigma = loss._training_sigma(5000, gen, None)
+    levels = torch.from_numpy(process.sigmas64).float()
+    inside = levels[(levels >= 0.05) & (levels <= 0.2)]
+    assert len(sigma) == 5000 and len(inside) == 5
+    counts = torch.stack([(sigma == s).sum() for s in inside])
+    assert counts.sum() == 5000
+    torch.testing.assert_close(counts / 5000.0, torch.full((5,), 0.2), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="holds .*none of the process' training noise levels"):
+        DistillationLoss(process, window=(0.0, 0.01))._training_sigma(10, gen, None)
+    with pytest.raises(ValueError, match="sigma_lo, sigma_hi"):
+        DistillationLoss(process, window=(0.3, 0.1))
+
+
+def test_in_window_needs_a_residual_student_and_a_guidance_window(tmp_path):
+    from genneg.config import ConfigError, from_dict, to_dict
+
+    data = to_dict(toy_config())
+    data["distill"]["in_window"] = True
+    with pytest.raises(ConfigError, match="distill.in_window .* needs both"):
+        from_dict(data)
+    data["distill"]["student"] = "residual"
+    with pytest.raises(ConfigError, match="guidance_window = \\[\\]"):
+        from_dict(data)
+    data["classifier"]["guidance_window"] = [0.0, 0.5]
+    cfg = from_dict(data)
+    registry = build_registry({"toy": toy_plugin}, autoload=False)
+    rows = run(attrs.evolve(cfg, iterations=1), tmp_path / "r", registry=registry,
+               progress=False, quiet=True)  # fmt: skip
+    assert rows[-1]["stage"] == "distill"
+    student = Experiment.from_run_dir(tmp_path / "r", registry=registry).load_stage("distill")
+    assert student.window.tolist() == [0.0, 0.5]
+    x = torch.randn(8, 2)
+    base = student.base
+    torch.testing.assert_close(student(x, torch.full((8,), 0.8)), base(x, torch.full((8,), 0.8)))
+    assert not torch.allclose(student(x, torch.full((8,), 0.3)), base(x, torch.full((8,), 0.3)))

@@ -25,6 +25,7 @@ def score_matching_distill(
     sigma: str = "training",
     ema: float = 0.0,
     states: NoisyStates | None = None,
+    window=(),
 ):
     """Train ``student`` in place to match ``teacher`` on noised true data ``data`` (a
     :class:`genneg.DataSplit`) with :class:`genneg.losses.DistillationLoss` (Eq. 14); returns
@@ -35,12 +36,20 @@ def score_matching_distill(
     ends with the exponential moving average, that decay per step, of its weights).
     ``states`` (:func:`trajectory_states`): noisy states a sampler visited, regressed at as
     they are; each minibatch takes its share of rows from them in proportion to their count
-    among all points (``len(states) / (len(states) + len(data))``)."""
+    among all points (``len(states) / (len(states) + len(data))``). ``window``
+    (``(sigma_lo, sigma_hi)``, ``distill.in_window``): regress only at noise levels inside
+    it, for a student confined to it (:mod:`genneg.student`); states outside it are dropped
+    before the shares are taken."""
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"distill ema must be in [0, 1), got {ema}")
     for p in teacher.parameters():
         p.requires_grad_(False)
-    loss = DistillationLoss(process, sigma=sigma)
+    loss = DistillationLoss(process, sigma=sigma, window=window)
+    if states is not None and window:
+        lo, hi = window
+        states = states.index(((states.sigma >= lo) & (states.sigma <= hi)).nonzero().squeeze(1))
+        if log is not None:
+            log(f"distill: {len(states)} of the states lie in the window [{lo}, {hi}]")
     if ema:  # the option predates TrainConfig.ema; both mean the same average
         train = attrs.evolve(train, ema=ema)
 
@@ -179,10 +188,13 @@ def trajectory_states(exp, generator, log=None, classifiers=()) -> NoisyStates |
 
 def distillation_inputs(exp, classifiers, generator, log=None) -> dict:
     """The distiller's points: ``data`` (:func:`distillation_points`) and, when
-    ``distill.trajectories > 0``, ``states`` (:func:`trajectory_states`; a distiller that
-    takes no ``states`` keeps working while the option is off)."""
+    ``distill.trajectories > 0``, ``states`` (:func:`trajectory_states`), and with
+    ``distill.in_window`` the ``window`` to regress in (a distiller that takes no ``states``
+    or ``window`` keeps working while the options are off)."""
     inputs = {"data": distillation_points(exp, classifiers, generator, log)}
     states = trajectory_states(exp, generator, log, classifiers)
     if states is not None:
         inputs["states"] = states
+    if exp.cfg.distill.in_window:
+        inputs["window"] = tuple(exp.cfg.classifier.guidance_window)
     return inputs
