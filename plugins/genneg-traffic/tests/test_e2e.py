@@ -34,6 +34,8 @@ def test_registered_components():
         assert cfg.classifier.guidance_window == [0.0, 0.35]
         assert cfg.classifier.guidance_scale == 2.0
         assert (cfg.distill.student, cfg.distill.trajectories) == ("residual", 2000)
+        # session 18: the student confined to the window, regressed only inside it
+        assert cfg.distill.in_window
     assert reg.get("presets", "traffic")().classifier.input == "c_in"  # the paper's
     assert reg.get("presets", "traffic")().eval.condition_split == "train"
     assert reg.get("presets", "traffic")().classifier.score_weight == 0.0
