@@ -18,7 +18,7 @@ from attrs import validators as v
 
 from genneg.errors import ConfigError
 from genneg.guidance import INPUTS
-from genneg.losses import ELEMENT_LOSSES, WEIGHTINGS
+from genneg.losses import ELEMENT_LOSSES, SCORE_ON, WEIGHTINGS
 from genneg.precision import CONFIG_PRECISIONS
 from genneg.student import STUDENTS
 
@@ -167,17 +167,27 @@ class ClassifierConfig:
     #: the r-ELBO's per-level term; same optimum as Eq. 13, Theorem 1's guidance); ``0``: Eq.
     #: (13) alone, the paper's.
     score_weight: float = attrs.field(default=0.0, validator=v.ge(0.0))
+    #: Where the score term is charged: ``synthetic`` (the synthetic set's valid samples),
+    #: ``data`` (noised scenes of the training split instead: valid by construction, the
+    #: points the r-ELBO is measured on, and every training map) or ``both``
+    #: (:class:`genneg.losses.ClassifierLoss`).
+    score_on: str = attrs.field(default="synthetic", validator=v.in_(SCORE_ON))
 
     def loss_options(self) -> dict:
         """The keyword arguments of :func:`genneg.engine.train.train_classifier` this config
         sets besides the training loop's: weighting, element loss, targets, minibatch,
-        selection and the score term's weight."""
+        selection and the score term's weight and points."""
         names = ("weighting", "element_loss", "targets", "minibatch", "select", "score_weight")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in (*names, "score_on")}
 
     def __attrs_post_init__(self):
         if self.select == "holdout" and self.holdout <= 0:
             raise ValueError("classifier.select = 'holdout' needs classifier.holdout > 0")
+        if self.score_on != "synthetic" and not self.score_weight:
+            raise ValueError(
+                f"classifier.score_on = {self.score_on!r} places the score term, which "
+                "classifier.score_weight = 0 turns off; set a weight > 0"
+            )
 
     @guidance_window.validator
     def _check_window(self, attribute, value):

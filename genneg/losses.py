@@ -59,6 +59,10 @@ WEIGHTINGS = ("is", "no-is", "imbalanced")
 #: (the paper's by-agent loss); ``joint``: the scene label, through ``prod_a sigmoid(f_a)``.
 ELEMENT_LOSSES = ("per-element", "joint")
 
+#: Where the classifier's score term is charged (:class:`ClassifierLoss`): the synthetic
+#: set's valid samples, noised training data, or both.
+SCORE_ON = ("synthetic", "data", "both")
+
 
 def _regression(weight_fn, model, xt, x0, cond, sigma, target_fn):
     """``mean weight(sigma) |model(x_t; sigma) - target|^2`` (per real coordinate), sharded."""
@@ -265,6 +269,15 @@ class ClassifierLoss:
         minibatch's valid rows (scaled by ``1 / pi1``, an estimate of its mean over the valid
         samples); needs ``model``, the denoiser that drew the synthetic set (the current
         stacked model).
+    :param score_on: where the score term is charged: ``synthetic`` (the minibatch's valid
+        rows, above), ``data`` (instead, ``round(pi1 * B)`` rows of ``score_data``, the
+        training split, noised at the classifier's levels) or ``both`` (the sum). Why data
+        (ours): the term's optimum over valid samples of the model is Theorem 1's gradient
+        (:func:`guided_denoising_change`); training scenes are valid, and where the model
+        fits the data its valid part is the data, so the optimum is the same, while the
+        term is then charged where the r-ELBO is measured (real scenes) and on every
+        training map rather than on the synthetic set's (on SUMO traffic 11948 scenes on
+        4302 maps against 1000 valid synthetic scenes).
     """
 
     def __init__(
@@ -278,6 +291,8 @@ class ClassifierLoss:
         targets: str = "hard",
         score_weight: float = 0.0,
         model=None,
+        score_on: str = "synthetic",
+        score_data: DataSplit | None = None,
     ):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; choose from {WEIGHTINGS}")
@@ -291,7 +306,14 @@ class ClassifierLoss:
             )
         self.process, self.alpha, self.weighting, self.pi1 = process, alpha, weighting, pi1
         self.element_loss, self.targets = element_loss, targets
+        if score_on not in SCORE_ON:
+            raise ValueError(f"unknown score_on {score_on!r}; choose from {SCORE_ON}")
+        if score_weight and score_on != "synthetic" and (score_data is None or not len(score_data)):
+            raise ValueError(f"score_on = {score_on!r} needs score_data (the training split)")
         self.score_weight, self.model = score_weight, model
+        self.score_on, self.score_data = score_on, score_data
+        self._on_synthetic = bool(score_weight) and score_on != "data"
+        self._on_data = bool(score_weight) and score_on != "synthetic"
 
     def __call__(
         self, classifier, x0, cond, labels, element_labels=None, generator=None
@@ -314,7 +336,7 @@ class ClassifierLoss:
             )
 
         def mean_fn(rows):
-            if not self.score_weight or not labels[rows].any():
+            if not self._on_synthetic or not labels[rows].any():
                 c = index_cond(cond, rows)
                 return bce(classifier(xt[rows], sigma[rows], **c), rows, c)
             idx = torch.arange(x0.shape[0], device=x0.device)[rows]
@@ -341,7 +363,27 @@ class ClassifierLoss:
                 logits = torch.cat([logits, classifier(xt[rest], sigma[rest], **c_rest)])
             return bce(logits, idx, c) + self.score_weight * change.sum() / (len(idx) * self.pi1)
 
-        return sharded_mean(mean_fn, x0.shape[0])
+        loss = sharded_mean(mean_fn, x0.shape[0])
+        if self._on_data:
+            loss = loss + self.score_weight * self._data_term(classifier, x0, generator)
+        return loss
+
+    def _data_term(self, classifier, x0, generator) -> torch.Tensor:
+        """The mean score term on ``round(pi1 * B)`` noised rows of ``score_data``."""
+        n = max(1, round(self.pi1 * x0.shape[0]))
+        data = self.score_data
+        real = data.index(rng.randint(len(data), (n,), generator).to(data.x.device))
+        x, cond = real.to(x0.device).x, real.to(x0.device).cond
+        sigma = self.process.sample_classifier_sigma(n, generator, x0.device)
+        xt = x + broadcast(sigma, x) * rng.randn(x.shape, generator, x0.device)
+
+        def mean_fn(rows):
+            c = index_cond(cond, rows)
+            return guided_denoising_change(
+                classifier, self.model, xt[rows], x[rows], sigma[rows], c
+            ).mean()
+
+        return sharded_mean(mean_fn, n)
 
 
 def guided_denoising_change(classifier, model, xt, x0, sigma, cond) -> torch.Tensor:

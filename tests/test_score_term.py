@@ -155,3 +155,77 @@ def test_score_term_settings_are_checked():
         ClassifierLoss(EDMProcess(), alpha=0.5, score_weight=-1.0, model=DATA.denoiser)
     with pytest.raises(ValueError, match="score_weight"):
         ClassifierConfig(network=ComponentSpec(name="mlp"), score_weight=-0.5)
+
+
+# --- the score term on training data (classifier.score_on) ---
+
+
+def _data_split(n=64, seed=8):
+    from genneg.components import DataSplit
+
+    x0 = DATA.sample(4 * n, torch.Generator().manual_seed(seed))
+    return DataSplit(x=x0[x0[:, 0] > 0][:n], cond={})  # "real" scenes are valid
+
+
+@pytest.mark.parametrize("score_on", ["data", "both"])
+def test_classifier_loss_charges_the_score_term_on_training_data(score_on):
+    """``score_on="data"``: Eq. (13)'s BCE plus ``w`` times the mean
+    :func:`guided_denoising_change` on ``round(pi1 B)`` rows of ``score_data`` noised at the
+    classifier's levels (drawn after the minibatch's noise, from the same generator);
+    ``"both"`` adds the valid rows' term as well; in value and in parameter gradients."""
+    from genneg import rng
+
+    torch.manual_seed(0)
+    x0, cond, labels, _ = _sample_case()
+    data, model, w, pi1 = _data_split(), DATA.denoiser, 0.7, 0.5
+    clf = TimeClassifier(SmallClassifier(), EDMProcess())
+
+    def loss_and_grads(**options):
+        loss = ClassifierLoss(EDMProcess(), alpha=0.6, pi1=pi1, model=model, **options)
+        clf.zero_grad()
+        value = loss(clf, x0, cond, labels, None, torch.Generator().manual_seed(7))
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in clf.parameters()]
+
+    g = torch.Generator().manual_seed(7)
+    EDMProcess().sample_classifier_sigma(len(x0), g, x0.device)
+    torch.randn(x0.shape, generator=g)  # the minibatch's levels and noise come first
+    n = round(pi1 * len(x0))
+    rows = rng.randint(len(data), (n,), g)
+    sigma = EDMProcess().sample_classifier_sigma(n, g, x0.device)
+    xt = data.x[rows] + broadcast(sigma, data.x[rows]) * rng.randn(data.x[rows].shape, g)
+    clf.zero_grad()
+    term = guided_denoising_change(clf, model, xt, data.x[rows], sigma, {}).mean()
+    term.backward()
+    term_grads = [p.grad.clone() for p in clf.parameters()]
+    base_options = {"score_weight": w} if score_on == "both" else {}
+    base, base_grads = loss_and_grads(**base_options)
+    total, total_grads = loss_and_grads(score_weight=w, score_on=score_on, score_data=data)
+    torch.testing.assert_close(total, base + w * term.detach(), rtol=1e-5, atol=1e-6)
+    for got, b, t in zip(total_grads, base_grads, term_grads):
+        torch.testing.assert_close(got, b + w * t, rtol=1e-4, atol=1e-6)
+
+
+def test_training_with_the_score_term_on_data_reaches_the_bayes_classifier(trained):  # noqa: F811
+    """The term on valid data of the base (here: the base truncated to the valid set, as
+    real scenes are valid) has Theorem 1's gradient as its optimum, like Eq. (13)."""
+    process, synth, _, _ = trained
+    clf = trained_classifier(
+        process, synth, steps=1000, score_weight=1.0, model=DATA.denoiser,
+        score_on="data", score_data=_data_split(n=20_000),
+    )  # fmt: skip
+    assert worst_bayes_error(process, clf) < 0.05
+
+
+def test_score_on_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown score_on 'real'"):
+        ClassifierLoss(EDMProcess(), alpha=0.5, score_on="real")
+    with pytest.raises(ValueError, match="score_on = 'data' needs score_data"):
+        ClassifierLoss(EDMProcess(), alpha=0.5, score_weight=1.0, model=DATA.denoiser,
+                       score_on="data")  # fmt: skip
+    with pytest.raises(ValueError, match="score_on"):
+        ClassifierConfig(network=ComponentSpec(name="mlp"), score_on="real")
+    with pytest.raises(ValueError, match="score_weight = 0 turns off"):
+        ClassifierConfig(network=ComponentSpec(name="mlp"), score_on="data")
+    cfg = ClassifierConfig(network=ComponentSpec(name="mlp"), score_weight=0.5, score_on="both")
+    assert cfg.loss_options()["score_on"] == "both"

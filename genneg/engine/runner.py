@@ -197,13 +197,13 @@ class _Run:
             total = len(clf.state_dict())
             rd.log(f"{name}: classifier starts from the baseline ({len(copied)}/{total} tensors)")
         t0 = time.perf_counter()
-        clf.train()
         hist = train_classifier(
-            clf,
+            clf.train(),
             synth,
             **cfg.classifier.loss_options(),
             held=held,
             model=current,
+            score_data=exp.splits.train,
             process=exp.process,
             train=cfg.classifier.train,
             generator=self.generator(name, "train"),

@@ -178,6 +178,8 @@ def train_classifier(
     held=None,
     score_weight=0.0,
     model=None,
+    score_on="synthetic",
+    score_data=None,
 ):
     """Fit ``classifier`` (a :class:`genneg.guidance.TimeClassifier`) in place on a synthetic
     set (:class:`genneg.engine.synth.SynthResult`) with the importance-weighted BCE of
@@ -196,7 +198,9 @@ def train_classifier(
 
     ``score_weight > 0``: the loss also charges the guided ``model``'s denoising-loss change
     on the valid rows (:func:`genneg.losses.guided_denoising_change`); ``model`` is the
-    denoiser that drew ``synth``."""
+    denoiser that drew ``synth``. ``score_on`` (``synthetic``, ``data``, ``both``) places the
+    term on the valid rows and/or on noised rows of ``score_data`` (the training split;
+    :class:`genneg.losses.ClassifierLoss`)."""
     if select not in SELECTIONS:
         raise ValueError(f"classifier select must be one of {SELECTIONS}, got {select!r}")
     if select == "holdout" and (held is None or len(held) == 0):
@@ -228,6 +232,8 @@ def train_classifier(
         targets=targets,
         score_weight=score_weight,
         model=model,
+        score_on=score_on,
+        score_data=score_data if score_on != "synthetic" else None,
     )
 
     def loss_fn(step):
