@@ -28,6 +28,7 @@ def test_registered_components():
         assert cfg.classifier.input == "denoised-st"
         # the score term (docs/traffic.md) on the SUMO presets, not on the paper's
         assert cfg.classifier.score_weight == 0.25
+        assert cfg.classifier.score_on == "data"  # session 18: on noised training scenes
         # session 17 (docs/traffic.md "Where the guidance pays"): averaged classifier weights,
         # guidance below sigma 0.35 at scale 2, the residual student on trajectory states
         assert cfg.classifier.train.ema == 0.998
