@@ -131,6 +131,13 @@ class DistillationLoss:
         lo, hi = self.window
         return (sigma >= lo) & (sigma <= hi)
 
+    def states_in_window(self, states):
+        """``states`` (:class:`genneg.engine.distill.NoisyStates`) whose levels lie in the
+        window (all of them without one)."""
+        if states is None or not self.window:
+            return states
+        return states.index(self._inside(states.sigma).nonzero().squeeze(1))
+
     def _training_sigma(self, n: int, generator, device) -> torch.Tensor:
         """``n`` training noise levels, conditioned on the window (rejection, in rounds)."""
         draw = self.process.sample_training_sigma
@@ -170,8 +177,7 @@ class DistillationLoss:
             sigma = self._training_sigma(n, generator, x0.device)
             weight_fn = p.loss_weight
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
-        if states is not None and self.window:
-            states = states.index(self._inside(states.sigma).nonzero().squeeze(1))
+        states = self.states_in_window(states)
         if states is not None and len(states):
             noisy = DataSplit.cat([DataSplit(x=xt, cond=cond), states.points])
             xt, cond, x0 = noisy.x, noisy.cond, torch.cat([x0, states.points.x])
@@ -372,8 +378,9 @@ class ClassifierLoss:
         """The mean score term on ``round(pi1 * B)`` noised rows of ``score_data``."""
         n = max(1, round(self.pi1 * x0.shape[0]))
         data = self.score_data
-        real = data.index(rng.randint(len(data), (n,), generator).to(data.x.device))
-        x, cond = real.to(x0.device).x, real.to(x0.device).cond
+        rows = rng.randint(len(data), (n,), generator).to(data.x.device)
+        real = data.index(rows).to(x0.device)
+        x, cond = real.x, real.cond
         sigma = self.process.sample_classifier_sigma(n, generator, x0.device)
         xt = x + broadcast(sigma, x) * rng.randn(x.shape, generator, x0.device)
 

@@ -46,10 +46,9 @@ def score_matching_distill(
         p.requires_grad_(False)
     loss = DistillationLoss(process, sigma=sigma, window=window)
     if states is not None and window:
-        lo, hi = window
-        states = states.index(((states.sigma >= lo) & (states.sigma <= hi)).nonzero().squeeze(1))
+        states = loss.states_in_window(states)  # once, before the shares are taken
         if log is not None:
-            log(f"distill: {len(states)} of the states lie in the window [{lo}, {hi}]")
+            log(f"distill: {len(states)} of the states lie in the window {list(window)}")
     if ema:  # the option predates TrainConfig.ema; both mean the same average
         train = attrs.evolve(train, ema=ema)
 
