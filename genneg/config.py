@@ -223,6 +223,11 @@ class DistillConfig:
     #: and Eq. (14) is regressed only at the levels inside it (:mod:`genneg.student`; ours).
     in_window: bool = False
     trajectory_states: int = attrs.field(default=4, validator=_positive)
+    #: Each teacher target of Eq. (14) is regressed at this many times: the distiller
+    #: evaluates the stacked teacher once per ``target_reuse`` minibatches and regresses the
+    #: student at each row in that many shuffled passes (:mod:`genneg.engine.target_pool`;
+    #: ours). 1: a fresh minibatch and teacher evaluation every step (the paper's).
+    target_reuse: int = attrs.field(default=1, validator=_positive)
     trajectories_from: str = attrs.field(
         default="baseline", validator=v.in_(("baseline", "teacher"))
     )

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -70,8 +71,7 @@ def _regression(weight_fn, model, xt, x0, cond, sigma, target_fn):
     def mean_fn(rows):
         x, s, c = xt[rows], sigma[rows], index_cond(cond, rows)
         target = target_fn(x, s, c, rows)
-        err = broadcast(weight_fn(s), x) * (model(x, s, **c) - target) ** 2
-        return (masked_sum(err, c) / real_dims(x0[rows], c)).mean()
+        return weighted_error(weight_fn, model(x, s, **c), target, x0[rows], c, s)
 
     return sharded_mean(mean_fn, x0.shape[0])
 
@@ -156,10 +156,11 @@ class DistillationLoss:
             f"training noise levels; widen classifier.guidance_window or turn distill.in_window off"
         )
 
-    def __call__(self, student, teacher, x0, cond, generator=None, states=None) -> torch.Tensor:
-        """The loss on ``x0`` noised here, and on ``states`` (a
-        :class:`genneg.engine.distill.NoisyStates`: ``points`` already noisy, regressed at as
-        they are with the same weight of their ``sigma``), averaged over all rows."""
+    def draw(self, x0, cond, generator=None, states=None) -> NoisyRows:
+        """The rows Eq. (14) is regressed at: ``x0`` noised here at this loss' levels, then
+        ``states`` (a :class:`genneg.engine.distill.NoisyStates`: ``points`` already noisy,
+        taken as they are, with the same weight of their ``sigma``; those outside the window
+        are dropped)."""
         n, p = x0.shape[0], self.process
         if self.sigma == "elbo":
             lo, hi = p.sigma_min, p.sigma_max
@@ -172,25 +173,58 @@ class DistillationLoss:
                     )
             lo, hi = math.log(lo), math.log(hi)
             sigma = torch.exp(lo + (hi - lo) * rng.rand(n, generator, x0.device))
-            weight_fn = _inverse_square
         else:
             sigma = self._training_sigma(n, generator, x0.device)
-            weight_fn = p.loss_weight
         xt = x0 + broadcast(sigma, x0) * rng.randn(x0.shape, generator, x0.device)
         states = self.states_in_window(states)
         if states is not None and len(states):
             noisy = DataSplit.cat([DataSplit(x=xt, cond=cond), states.points])
             xt, cond, x0 = noisy.x, noisy.cond, torch.cat([x0, states.points.x])
             sigma = torch.cat([sigma, states.sigma.to(sigma)])
+        return NoisyRows(xt=xt, x0=x0, cond=cond, sigma=sigma)
+
+    def weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """gamma(sigma) of Eq. (14): the process' training weight, or ``1 / sigma^2`` for
+        the ELBO's levels."""
+        return _inverse_square(sigma) if self.sigma == "elbo" else self.process.loss_weight(sigma)
+
+    def __call__(self, student, teacher, x0, cond, generator=None, states=None) -> torch.Tensor:
+        """The loss at the rows of :meth:`draw` (``x0`` noised here, and ``states``),
+        averaged over all rows; the teacher is evaluated on this rank's rows only."""
+        rows = self.draw(x0, cond, generator, states)
         return _regression(
-            weight_fn,
+            self.weight,
             student,
-            xt,
-            x0,
-            cond,
-            sigma,
+            rows.xt,
+            rows.x0,
+            rows.cond,
+            rows.sigma,
             lambda x, s, c, rows: teacher(x, s, **c).detach(),
         )
+
+
+@attrs.frozen(kw_only=True)
+class NoisyRows:
+    """Rows of a regression on noisy points: ``xt`` at levels ``sigma`` ``[B]``, the clean
+    ``x0`` they count real coordinates of, and their conditioning tensors ``cond``."""
+
+    xt: torch.Tensor
+    x0: torch.Tensor
+    cond: dict
+    sigma: torch.Tensor
+
+    def index(self, rows) -> NoisyRows:
+        return NoisyRows(
+            xt=self.xt[rows], x0=self.x0[rows], cond=index_cond(self.cond, rows),
+            sigma=self.sigma[rows],
+        )  # fmt: skip
+
+
+def weighted_error(weight, out, target, x0, cond, sigma) -> torch.Tensor:
+    """``mean weight(sigma) |out - target|^2``: per real coordinate of each row (padded
+    elements, ``cond["mask"]`` False, do not count), then over the rows."""
+    err = broadcast(weight(sigma), out) * (out - target) ** 2
+    return (masked_sum(err, cond) / real_dims(x0, cond)).mean()
 
 
 def label_weights(

@@ -37,3 +37,8 @@ def rand(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
 def randint(high: int, shape, generator=None, device=None) -> torch.Tensor:
     out = torch.randint(0, high, shape, generator=generator, device=_source(generator, device))
     return out.to(device) if device is not None else out
+
+
+def randperm(n: int, generator=None, device=None) -> torch.Tensor:
+    out = torch.randperm(n, generator=generator, device=_source(generator, device))
+    return out.to(device) if device is not None else out

@@ -88,14 +88,19 @@ class ResidualStudent(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         sigma = per_sample(sigma, x)
-        s = broadcast(sigma, x)
-        denoised = self.base(x, sigma, **cond)
+        return self.corrected(self.base(x, sigma, **cond), sigma, **cond)
+
+    def corrected(self, denoised: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+        """The student's output given the baseline's ``denoised = D(x; sigma)`` (per-sample
+        levels ``sigma`` ``[B]``): a distiller that already has ``D`` (the teacher evaluates
+        it too) regresses the correction without evaluating the frozen baseline again."""
+        s = broadcast(sigma, denoised)
         inside = self.inside(sigma)
         if not inside.any():
             return denoised
         u = denoised / data_scale(self.process)
         term = self.term_factor(s) * self.network(u, self.process.c_noise(sigma), **cond)
-        return denoised + torch.where(broadcast(inside, x), term, torch.zeros_like(term))
+        return denoised + torch.where(broadcast(inside, denoised), term, torch.zeros_like(term))
 
 
 def zero_output_layer(network: nn.Module) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from genneg import rng
 from genneg.components import DataSplit, index_cond
+from genneg.engine.target_pool import TargetPool
 from genneg.engine.train import fit, minibatch
 from genneg.losses import DistillationLoss
 
@@ -26,6 +27,7 @@ def score_matching_distill(
     ema: float = 0.0,
     states: NoisyStates | None = None,
     window=(),
+    reuse: int = 1,
 ):
     """Train ``student`` in place to match ``teacher`` on noised true data ``data`` (a
     :class:`genneg.DataSplit`) with :class:`genneg.losses.DistillationLoss` (Eq. 14); returns
@@ -39,7 +41,9 @@ def score_matching_distill(
     among all points (``len(states) / (len(states) + len(data))``). ``window``
     (``(sigma_lo, sigma_hi)``, ``distill.in_window``): regress only at noise levels inside
     it, for a student confined to it (:mod:`genneg.student`); states outside it are dropped
-    before the shares are taken."""
+    before the shares are taken. ``reuse`` (``distill.target_reuse``): each teacher target is
+    regressed at that many times (:class:`genneg.engine.target_pool.TargetPool`); 1: a fresh
+    minibatch and teacher evaluation every step."""
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"distill ema must be in [0, 1), got {ema}")
     for p in teacher.parameters():
@@ -56,12 +60,22 @@ def score_matching_distill(
     if states is not None and len(states):
         n_states = round(train.batch_size * len(states) / (len(states) + len(data)))
 
-    def loss_fn(step):
+    def draw_batch():
         batch = minibatch(data, train.batch_size - n_states, generator)
         visited = None
         if n_states:
             visited = states.index(rng.randint(len(states), (n_states,), generator))
-        return loss(student, teacher, batch.x, batch.cond, generator, states=visited)
+        return batch.x, batch.cond, visited
+
+    pool = TargetPool(loss, student, teacher, draw_batch, reuse, generator)
+    if reuse > 1 and log is not None:
+        log(f"distill: each teacher target regressed at {reuse} times (distill.target_reuse)")
+
+    def loss_fn(step):
+        if reuse > 1:
+            return pool.loss()
+        x0, cond, visited = draw_batch()
+        return loss(student, teacher, x0, cond, generator, states=visited)
 
     params = [p for p in student.parameters() if p.requires_grad]  # a residual's correction
     return fit(params, loss_fn, train, desc="distill", progress=progress, log=log, sharded=True)
@@ -187,13 +201,16 @@ def trajectory_states(exp, generator, log=None, classifiers=()) -> NoisyStates |
 
 def distillation_inputs(exp, classifiers, generator, log=None) -> dict:
     """The distiller's points: ``data`` (:func:`distillation_points`) and, when
-    ``distill.trajectories > 0``, ``states`` (:func:`trajectory_states`), and with
-    ``distill.in_window`` the ``window`` to regress in (a distiller that takes no ``states``
-    or ``window`` keeps working while the options are off)."""
+    ``distill.trajectories > 0``, ``states`` (:func:`trajectory_states`), with
+    ``distill.in_window`` the ``window`` to regress in, and with ``distill.target_reuse > 1``
+    the ``reuse`` of each teacher target (a distiller that takes no ``states``, ``window`` or
+    ``reuse`` keeps working while the options are off)."""
     inputs = {"data": distillation_points(exp, classifiers, generator, log)}
     states = trajectory_states(exp, generator, log, classifiers)
     if states is not None:
         inputs["states"] = states
     if exp.cfg.distill.in_window:
         inputs["window"] = tuple(exp.cfg.classifier.guidance_window)
+    if exp.cfg.distill.target_reuse > 1:
+        inputs["reuse"] = exp.cfg.distill.target_reuse
     return inputs
