@@ -144,7 +144,9 @@ def test_suite_structure_plugin_case_and_rejection(registry, toy_run, tmp_path):
     assert sampler["stack1"]["flops_per_eval"] > sampler["baseline"]["flops_per_eval"] > 0
     assert sampler["distilled"]["flops_per_eval"] == sampler["baseline"]["flops_per_eval"]
     assert all(0 < r["fraction_of_peak"] for r in sampler.values())
-    assert {r["model"] for r in report.find("train")} == {"denoiser", "classifier"}
+    assert {r["model"] for r in report.find("train")} == {
+        "denoiser", "classifier", "distill (target_reuse 1)", "distill (target_reuse 4)",
+    }  # fmt: skip
 
     quality = report.find("quality", preset="toy")
     assert [r["stage"] for r in quality] == ["baseline", "iter1", "distill"]

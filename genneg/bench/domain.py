@@ -241,8 +241,50 @@ def bench_training(dom: Domain, report, sizes: DomainSizes) -> list[dict]:
         return loss_c(clf, batch.x, batch.cond, labels, el, dom.gen)
 
     out.append(_time_training_step(dom, report, sizes, "classifier", clf, clf_loss, n))
+    out += bench_distillation(dom, report, sizes, batch)
     sync(dom.device)
     return out
+
+
+def bench_distillation(dom: Domain, report, sizes: DomainSizes, batch, reuse: int = 4):
+    """Seconds per distillation step (Eq. 14) of the preset's student against a stack of two
+    (untrained) classifiers: a fresh teacher evaluation every step, and each target regressed
+    at ``reuse`` times (``distill.target_reuse``, :mod:`genneg.engine.target_pool`), timed
+    side by side over ``reuse ** 2`` steps (one fill of the pool) per round."""
+    from genneg.engine.target_pool import TargetPool
+    from genneg.losses import DistillationLoss
+    from genneg.student import init_student
+
+    teacher = GuidedDenoiser(dom.denoiser(), [dom.classifier(), dom.classifier()])
+    loss = DistillationLoss(dom.process)
+    steps, students, fns = reuse * reuse, {}, {}
+    for r in (1, reuse):
+        student = init_student(dom.exp.new_student(), teacher.base)
+        pool = TargetPool(loss, student, teacher, lambda: (batch.x, batch.cond, None), r, dom.gen)
+        if r == 1:  # the distiller's own path without a pool
+            loss_fn = lambda s=student: loss(s, teacher, batch.x, batch.cond, dom.gen)  # noqa: E731
+        else:
+            loss_fn = pool.loss
+        step = adam_step(student, loss_fn)
+        students[r] = student
+        fns[r] = lambda step=step: [step() for _ in range(steps)]
+    for fn in fns.values():
+        fn()  # warm-up
+    with peak_memory(dom.device) as mem:
+        best = timed_side_by_side(fns, repeat=sizes.repeat, device=dom.device)
+    return [
+        report.add(
+            "train",
+            preset=dom.preset,
+            model=f"distill (target_reuse {r})",
+            batch=len(batch),
+            params=_params(students[r]),
+            seconds_per_step=best[r] / steps,
+            speedup_vs_fresh=best[1] / best[r],
+            **mem,
+        )
+        for r in fns
+    ]
 
 
 def adam_step(module, loss_fn):
