@@ -131,7 +131,7 @@ def sumo_cpu_preset() -> RunConfig:
         oracle=oracle,
         denoiser=ComponentSpec(name="traffic", options=net),
         baseline=attrs.evolve(cfg.baseline, steps=20_000, log_every=1000),
-        # Table 1 sizes (`genneg traffic table --size sumo`: 78 minutes on 2 cores, docs/traffic.md)
+        # Table 1 sizes (`genneg traffic table --size sumo`: 87 minutes on 2 cores, docs/traffic.md)
         synth=attrs.evolve(cfg.synth, n_per_class=1000),
         classifier=attrs.evolve(
             cfg.classifier,
