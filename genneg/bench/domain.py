@@ -260,11 +260,11 @@ def bench_distillation(dom: Domain, report, sizes: DomainSizes, batch, reuse: in
     steps, students, fns = reuse * reuse, {}, {}
     for r in (1, reuse):
         student = init_student(dom.exp.new_student(), teacher.base)
-        pool = TargetPool(loss, student, teacher, lambda: (batch.x, batch.cond, None), r, dom.gen)
         if r == 1:  # the distiller's own path without a pool
             loss_fn = lambda s=student: loss(s, teacher, batch.x, batch.cond, dom.gen)  # noqa: E731
         else:
-            loss_fn = pool.loss
+            draw = lambda: (batch.x, batch.cond, None)  # noqa: E731
+            loss_fn = TargetPool(loss, student, teacher, draw, r, dom.gen).loss
         step = adam_step(student, loss_fn)
         students[r] = student
         fns[r] = lambda step=step: [step() for _ in range(steps)]

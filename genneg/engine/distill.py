@@ -67,15 +67,16 @@ def score_matching_distill(
             visited = states.index(rng.randint(len(states), (n_states,), generator))
         return batch.x, batch.cond, visited
 
-    pool = TargetPool(loss, student, teacher, draw_batch, reuse, generator)
-    if reuse > 1 and log is not None:
-        log(f"distill: each teacher target regressed at {reuse} times (distill.target_reuse)")
-
-    def loss_fn(step):
-        if reuse > 1:
-            return pool.loss()
+    def fresh_loss(step):
         x0, cond, visited = draw_batch()
         return loss(student, teacher, x0, cond, generator, states=visited)
+
+    loss_fn = fresh_loss
+    if reuse != 1:  # the pool checks the value
+        pool = TargetPool(loss, student, teacher, draw_batch, reuse, generator)
+        loss_fn = lambda step: pool.loss()  # noqa: E731
+        if log is not None:
+            log(f"distill: each teacher target regressed at {reuse} times (distill.target_reuse)")
 
     params = [p for p in student.parameters() if p.requires_grad]  # a residual's correction
     return fit(params, loss_fn, train, desc="distill", progress=progress, log=log, sharded=True)

@@ -63,7 +63,7 @@ class TargetPool:
             x0, cond, states = self.draw_batch()
             rows = self.distill_loss.draw(x0, cond, self.generator, states)
             n = rows.xt.shape[0]
-            start, stop = distributed.share(n) if distributed.is_distributed() else (0, n)
+            start, stop = distributed.share(n)  # (0, n) in one process
             mine = rows.index(slice(start, stop))
             with torch.no_grad():
                 targets.append(self.teacher(mine.xt, mine.sigma, **mine.cond).detach().float())
