@@ -231,6 +231,10 @@ class DistillConfig:
     trajectories_from: str = attrs.field(
         default="baseline", validator=v.in_(("baseline", "teacher"))
     )
+    #: Options that replace the denoiser's (``denoiser.options``) for the residual student's
+    #: correction network: the correction is of the baseline's architecture with these
+    #: changed (ours; e.g. the traffic network's ``road_gradients``). Empty: the baseline's.
+    correction: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -280,6 +284,11 @@ class RunConfig:
                 "distill.in_window confines a residual student to classifier.guidance_window; "
                 f"it needs both (distill.student = {d.student!r}, classifier.guidance_window = "
                 f"{self.classifier.guidance_window})"
+            )
+        if d.correction and d.student != "residual":
+            raise ValueError(
+                "distill.correction sets the options of a residual student's correction "
+                f"network; distill.student is {d.student!r} (use 'residual')"
             )
 
 

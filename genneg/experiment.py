@@ -19,6 +19,7 @@ import functools
 import re
 from pathlib import Path
 
+import attrs
 import torch
 
 from genneg import config as config_mod
@@ -29,7 +30,7 @@ from genneg.engine.data import load_splits
 from genneg.engine.labelling import Labelled, OracleLabeller
 from genneg.engine.rundir import RunDir, load_modules
 from genneg.engine.sampling import ModelSampler
-from genneg.errors import DataError, RunError
+from genneg.errors import BuildError, DataError, RunError
 from genneg.guidance import GuidedDenoiser, TimeClassifier
 from genneg.plugins import get_registry
 from genneg.precision import at_precision
@@ -139,7 +140,19 @@ class Experiment:
         ``classifier.guidance_window``."""
         d = self.cfg.distill
         window = self.cfg.classifier.guidance_window if d.in_window else ()
-        return make_student(d.student, self.new_denoiser, self.process, window)
+        return make_student(d.student, self.new_denoiser, self.process, window, self.new_correction)
+
+    def new_correction(self):
+        """A fresh denoiser of the baseline's architecture with ``distill.correction``'s
+        options (a residual student's correction network is its ``.network``)."""
+        spec = self.cfg.denoiser
+        options = {**spec.options, **self.cfg.distill.correction}
+        spec = attrs.evolve(spec, options=options)
+        try:
+            net = build.make_denoiser(self.registry, spec, self.process)
+        except BuildError as exc:
+            raise BuildError(f"distill.correction: {exc}") from exc
+        return net.to(self.device)
 
     def new_classifier(self) -> TimeClassifier:
         """A fresh (untrained) guidance classifier, on the run's device (with the

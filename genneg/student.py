@@ -118,11 +118,13 @@ def zero_output_layer(network: nn.Module) -> None:
             linears[-1].bias.zero_()
 
 
-def make_student(kind: str, new_denoiser, process, window=()) -> nn.Module:
+def make_student(kind: str, new_denoiser, process, window=(), new_correction=None) -> nn.Module:
     """An untrained student of ``kind`` (:data:`STUDENTS`); ``new_denoiser()`` makes a fresh
     denoiser of the baseline's architecture (a preconditioned wrapper with ``.network``).
     ``window`` (``(sigma_lo, sigma_hi)``; empty: every level) confines a residual student's
-    correction to those noise levels; a fine-tuned copy has no part that could be confined."""
+    correction to those noise levels; a fine-tuned copy has no part that could be confined.
+    ``new_correction()`` (default ``new_denoiser``) makes the denoiser whose ``.network`` is
+    a residual student's correction (``distill.correction``: other options, same kind)."""
     if kind == "fine-tune":
         if window:
             raise ValueError(
@@ -131,7 +133,7 @@ def make_student(kind: str, new_denoiser, process, window=()) -> nn.Module:
             )
         return new_denoiser()
     if kind == "residual":
-        correction = getattr(new_denoiser(), "network", None)
+        correction = getattr((new_correction or new_denoiser)(), "network", None)
         if not isinstance(correction, nn.Module):
             raise ValueError(
                 "distill.student = 'residual' needs a denoiser with a raw .network (a "

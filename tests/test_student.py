@@ -245,3 +245,28 @@ def test_in_window_needs_a_residual_student_and_a_guidance_window(tmp_path):
     base = student.base
     torch.testing.assert_close(student(x, torch.full((8,), 0.8)), base(x, torch.full((8,), 0.8)))
     assert not torch.allclose(student(x, torch.full((8,), 0.3)), base(x, torch.full((8,), 0.3)))
+
+
+def test_correction_options_shape_the_residual_students_correction_network(tmp_path):
+    """``distill.correction`` replaces the denoiser's options for the correction network
+    only: the frozen baseline keeps its own; the run's checkpoint reloads into that
+    architecture; a fine-tuned student or an option the denoiser lacks is a clear error."""
+    from genneg.config import ConfigError, from_dict, to_dict
+    from genneg.errors import BuildError
+
+    data = to_dict(toy_config(iterations=1))
+    data["distill"]["correction"] = {"hidden": 8}
+    with pytest.raises(ConfigError, match="distill.correction .* distill.student is 'fine-tune'"):
+        from_dict(data)
+    data["distill"]["student"] = "residual"
+    registry = build_registry({"toy": toy_plugin}, autoload=False)
+    run(from_dict(data), tmp_path / "r", registry=registry, progress=False, quiet=True)
+    exp = Experiment.from_run_dir(tmp_path / "r", registry=registry)
+    student = exp.load_stage("distill")
+    assert student.network.net[0].out_features == 8  # the correction's own width
+    assert student.base.network.net[0].out_features == 32  # the baseline's, unchanged
+    torch.testing.assert_close(student.base.state_dict(), exp.load_stage("baseline").state_dict())
+    data["distill"]["correction"] = {"depth": 3}
+    exp = Experiment.from_config(from_dict(data), registry=registry)
+    with pytest.raises(BuildError, match="distill.correction: .*'mlp' does not accept"):
+        exp.new_student()

@@ -438,6 +438,66 @@ class Footprint(nn.Module):
         return self.proj(reads)
 
 
+class RoadGradients(nn.Module):
+    """A correction along the road edge's exact directions (``road_gradients`` of
+    :class:`TrafficDenoiser`; ours, for the residual student's correction network,
+    :mod:`genneg.student`): per agent, ``sum_k c_k(h) grad_x d_k(x)``, where ``d_k`` is the
+    scaled signed distance to the road edge read at point ``k`` of the agent's rectangle (the
+    :data:`Footprint.CORNER_GRID` without margin and the footprint's ``kl x kw`` grid with its
+    margin), ``grad_x`` its derivative in the agent's own 7 model-unit features and ``c_k``
+    ``K`` coefficients from the agent's backbone features (a LayerNorm and a linear layer,
+    zero at the start).
+
+    Why: the teacher's offroad term is the input gradient of its classifiers'
+    ``log C`` (Eq. 9), which reaches the agent's features through the road reads:
+    ``sum_k (d log C / d d_k) grad_x d_k``. The directions ``grad_x d_k`` are geometry of the
+    map, the same in every city; a plain output head has to infer them from the reads' values
+    on the training cities' maps, and the session-20 student's offroad did not carry to the
+    held-out city (docs/traffic.md). With this head the network learns only how hard to push
+    along each read's direction.
+
+    The derivatives are central differences of step :data:`STEP` model units (about 1-3 cm
+    for the preset's position scales): the signed distance is bilinear between pixels, so
+    they are exact away from pixel edges and a one-step average across them. Beyond the
+    distance field's clip (8 m, :func:`_distance_field`) they are zero."""
+
+    #: central-difference step in model units
+    STEP = 1e-3
+
+    def __init__(self, hidden: int, grid=(7, 5), margin: float = 1.0):
+        super().__init__()
+        self.grids = ((Footprint.CORNER_GRID, 0.0), ((int(grid[0]), int(grid[1])), margin))
+        self.n_points = sum(kl * kw for (kl, kw), _ in self.grids)
+        self.coef = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, self.n_points))
+        with torch.no_grad():
+            self.coef[1].weight.zero_()
+            self.coef[1].bias.zero_()
+
+    def reads(self, x_in, sdf, map_frame, feature_frame) -> torch.Tensor:
+        """``[B, A, K]``: the scaled signed distance at the ``K`` points of each agent's
+        rectangle for features ``x_in`` ``[B, A, 7]``."""
+        phys = physical(x_in, feature_frame)
+        pts = torch.cat([rectangle_points(phys, g, m) for g, m in self.grids], -2)
+        field = _distance_field(sdf, x_in.dtype)
+        return Footprint._sample(field, pts, map_frame, feature_frame)[:, :, 0]
+
+    def directions(self, x_in, sdf, map_frame, feature_frame) -> torch.Tensor:
+        """``[B, A, K, 7]``: ``grad_x d_k`` per agent, by central differences in each of
+        the agent's features (one read of all ``2 * 7`` shifted copies at once)."""
+        B, A, n = x_in.shape
+        step = self.STEP * torch.eye(n, device=x_in.device, dtype=x_in.dtype)
+        x = x_in[:, None]
+        shifted = torch.cat([x + step[None, :, None], x - step[None, :, None]], 1)  # [B,2n,A,n]
+        d = self.reads(shifted.reshape(B, 2 * n * A, n), sdf, map_frame, feature_frame)
+        plus, minus = d.view(B, 2, n, A, -1).unbind(1)  # [B, 7, A, K] each
+        return ((plus - minus) / (2 * self.STEP)).permute(0, 2, 3, 1)
+
+    def forward(self, h, x_in, sdf, map_frame, feature_frame) -> torch.Tensor:
+        """``[B, A, 7]``: the correction for backbone features ``h`` ``[B, A, H]``."""
+        g = self.directions(x_in, sdf, map_frame, feature_frame)
+        return (self.coef(h)[..., None] * g).sum(-2)
+
+
 class Block(nn.Module):
     """One backbone pair: RPE self-attention + FF, map cross-attention + FF (pre-LN)."""
 
@@ -566,20 +626,31 @@ class TrafficDenoiser(nn.Module):
     (side of the road patch read at each agent's position, :class:`LocalMap`; 0 = none),
     ``pair_pose`` (:class:`PairPose`), ``footprint``, ``lanes`` and ``corners``
     (:class:`Footprint`),
-    ``wide_map`` (``[k, spacing]``, :class:`WideMap`; off by default).
+    ``wide_map`` (``[k, spacing]``, :class:`WideMap`; off by default), ``road_gradients``
+    (adds :class:`RoadGradients` to the output, on the footprint's grid; off by default: the
+    residual student's correction network sets it through ``distill.correction``).
     """
 
-    def __init__(self, **options):
+    def __init__(self, road_gradients: bool = False, **options):
         super().__init__()
         self.backbone = TrafficBackbone(**options)
         h = self.backbone.hidden
+        fp = self.backbone.footprint
+        if road_gradients and fp is None:
+            raise ValueError("road_gradients reads the footprint's grid: set footprint too")
+        # registered before the head, whose last linear layer stays the network's last
+        # (genneg.student.zero_output_layer)
+        self.road = RoadGradients(h, (fp.kl, fp.kw), fp.margin) if road_gradients else None
         self.head = nn.Sequential(nn.LayerNorm(h), mlp(h, h, N_FEATURES))
 
     def forward(self, x_in, c_noise, mask=None, map=None, map_frame=None, **cond):
         if mask is None:
             mask = torch.ones(x_in.shape[:2], dtype=torch.bool, device=x_in.device)
         h = self.backbone(x_in, c_noise, mask, map, map_frame, *_extra(cond))
-        return self.head(h) * mask[..., None]
+        out = self.head(h)
+        if self.road is not None:
+            out = out + self.road(h, x_in, cond.get("sdf"), map_frame, cond.get("feature_frame"))
+        return out * mask[..., None]
 
 
 class CornerLogit(nn.Module):

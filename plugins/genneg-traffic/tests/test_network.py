@@ -496,3 +496,79 @@ def test_corner_logit_adds_a_monotone_term_of_the_rectangles_signed_distance():
         TrafficClassifier("sample", **FULL, corner_logit=True)
     with pytest.raises(ValueError, match="set footprint too"):
         TrafficClassifier("element", **SMALL, corner_logit=True)
+
+
+def _planar_road():
+    """A signed distance planar in metres, ``0.3 x - 0.2 y + 1``, on an 80 m raster (bilinear
+    reads of it are exact everywhere), and a normalisation with position scales 10 / 20 m."""
+    from genneg_traffic.dataset import feature_frame, map_frame
+    from genneg_traffic.features import Normalizer
+
+    R, window = 16, 80.0
+    c = -40 + 5 * (torch.arange(R) + 0.5)
+    y = c.flip(0)[:, None]  # row 0 is the top, the largest y (dataset.map_frame)
+    sdf = (0.3 * c[None, :] - 0.2 * y + 1.0)[None, None]
+    norm = Normalizer(mean=[5.0, -5.0, 4.0, 2.0, 0.0, 0.0, 0.0], std=[10.0, 20.0] + [1.0] * 5)
+    cond = dict(
+        map=(sdf > 0).to(torch.uint8),
+        map_frame=map_frame(norm, window),
+        feature_frame=feature_frame(norm),
+        sdf=sdf,
+    )
+    return norm, cond
+
+
+def test_road_gradients_are_the_signed_distances_derivatives():
+    """``RoadGradients.directions``: per agent and read point, the derivative of the scaled
+    signed distance in the agent's 7 model-unit features. On a planar road the position
+    derivatives are the plane's slope times the position scale / 4 at every point, and all
+    seven (heading and size move the points too) match autograd's."""
+    from genneg_traffic.network import RoadGradients
+
+    norm, cond = _planar_road()
+    road = RoadGradients(hidden=8, grid=(5, 3), margin=1.0)
+    assert road.n_points == 9 + 15
+    phys = torch.tensor([[[10.0, 5.0, 4.0, 2.0, 0.6, 0.8, 3.0], [-6.0, 2.0, 5.0, 2.2, -1, 0, 0]]])
+    x_in = torch.as_tensor(norm.normalize(phys.numpy()), dtype=torch.float32)
+    args = (cond["sdf"], cond["map_frame"], cond["feature_frame"])
+    g = road.directions(x_in, *args)
+    assert g.shape == (1, 2, 24, 7)
+    torch.testing.assert_close(g[..., 0], torch.full((1, 2, 24), 0.3 * 10 / 4), atol=2e-3, rtol=0)
+    torch.testing.assert_close(g[..., 1], torch.full((1, 2, 24), -0.2 * 20 / 4), atol=2e-3, rtol=0)
+    assert g[..., 6].abs().max() == 0  # the speed moves no point
+    x = x_in.clone().requires_grad_(True)
+    reads = road.reads(x, *args)
+    for k in range(road.n_points):
+        (want,) = torch.autograd.grad(reads[..., k].sum(), x, retain_graph=True)
+        torch.testing.assert_close(g[:, :, k], want, atol=2e-3, rtol=1e-3)
+    assert g[..., 4:6].abs().max() > 0.1  # turning the car moves its corners across the slope
+
+
+def test_road_gradients_head_adds_coefficients_times_directions_and_starts_at_zero():
+    """``TrafficDenoiser(road_gradients=True)``: the output is the head's plus ``sum_k c_k
+    grad d_k``, zero at the start; with the output layer zeroed (the residual student's
+    correction) the network is exactly zero; padded agents stay zero; it needs the footprint."""
+    from genneg.student import zero_output_layer
+
+    torch.manual_seed(0)
+    norm, cond = _planar_road()
+    net = TrafficDenoiser(**FULL, road_gradients=True).eval()
+    phys = torch.tensor([[[10.0, 5.0, 4.0, 2.0, 0.6, 0.8, 3.0], [-6.0, 2.0, 5.0, 2.2, -1, 0, 0]]])
+    x = torch.as_tensor(norm.normalize(phys.numpy()), dtype=torch.float32)
+    t, mask = torch.tensor([3.0]), torch.tensor([[True, False]])
+    out = net(x, t, mask=mask, **cond)
+    head = net.head(net.backbone(x, t, mask, cond["map"], cond["map_frame"],
+                                 cond["feature_frame"], cond["sdf"], None))  # fmt: skip
+    torch.testing.assert_close(out, head * mask[..., None])  # the road term starts at zero
+    k = 4  # the rectangle's centre
+    with torch.no_grad():
+        net.road.coef[1].bias[k] = 1.5
+    g = net.road.directions(x, cond["sdf"], cond["map_frame"], cond["feature_frame"])
+    want = (head + 1.5 * g[:, :, k]) * mask[..., None]
+    torch.testing.assert_close(net(x, t, mask=mask, **cond), want)
+    assert net(x, t, mask=mask, **cond)[0, 1].abs().max() == 0
+    fresh = TrafficDenoiser(**FULL, road_gradients=True)
+    zero_output_layer(fresh)
+    assert fresh(x, t, mask=mask, **cond).abs().max() == 0
+    with pytest.raises(ValueError, match="road_gradients reads the footprint"):
+        TrafficDenoiser(**SMALL, road_gradients=True)
