@@ -231,6 +231,11 @@ class DistillConfig:
     trajectories_from: str = attrs.field(
         default="baseline", validator=v.in_(("baseline", "teacher"))
     )
+    #: States of the trajectories whose final sample the oracle flags are kept this many
+    #: times (``distill.trajectories``; ours): the regression's share of the states where
+    #: the teacher's term is large and rare (an offroad car's road-edge push) grows, its
+    #: optimum (the teacher wherever the states have support) does not change. 1: each once.
+    infracting_repeats: int = attrs.field(default=1, validator=_positive)
     #: Options that replace the denoiser's (``denoiser.options``) for the residual student's
     #: correction network: the correction is of the baseline's architecture with these
     #: changed (ours; e.g. the traffic network's ``road_gradients``). Empty: the baseline's.

@@ -181,3 +181,31 @@ def test_teacher_states_are_calls_of_the_guided_trajectories(registry):
         trajectory_states(exp, torch.Generator())
     with pytest.raises(ValueError, match="trajectories_from"):
         DistillConfig(trajectories_from="student")
+
+
+def test_states_of_infracting_trajectories_are_repeated(registry):
+    """``distill.infracting_repeats = 3``: the states of each trajectory whose final sample
+    the oracle flags are kept three times, in place; the other trajectories' once; the same
+    trajectories are drawn either way."""
+
+    def states_of(repeats, logs=None):
+        torch.manual_seed(0)  # the same untrained baseline in both experiments
+        exp = experiment(
+            registry, trajectories=300, trajectory_states=3, infracting_repeats=repeats
+        )
+        exp.base  # noqa: B018 (built now, under the seed)
+        return exp, trajectory_states(exp, torch.Generator().manual_seed(1), logs)
+
+    _, once = states_of(1)
+    logs = []
+    exp, states = states_of(3, logs.append)
+    final = exp.synth_sampler.sample(exp.base, 300, torch.Generator().manual_seed(1))
+    bad = ~exp.label(final).valid
+    assert 0 < int(bad.sum()) < 300
+    times = torch.where(bad[torch.arange(len(once)) % 300], 3, 1)  # state j: trajectory j % 300
+    assert len(states) == int(times.sum()) > len(once)
+    torch.testing.assert_close(states.points.x, once.points.x.repeat_interleave(times, dim=0))
+    torch.testing.assert_close(states.sigma, once.sigma.repeat_interleave(times))
+    assert f"the {int(bad.sum())} trajectories whose sample the oracle flags kept 3" in logs[-1]
+    with pytest.raises(ValueError, match="infracting_repeats"):
+        DistillConfig(infracting_repeats=0)

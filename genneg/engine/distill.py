@@ -174,10 +174,12 @@ def trajectory_states(exp, generator, log=None, classifiers=()) -> NoisyStates |
     if source == "teacher" and not classifiers:
         raise ValueError("distill.trajectories_from = 'teacher' needs the stack's classifiers")
     model = sampled_model(exp, source, classifiers)
-    sampler, parts, dropped = exp.synth_sampler, [], 0
+    sampler, parts, dropped, flagged = exp.synth_sampler, [], 0, 0
     for start in range(0, cfg.trajectories, sampler.batch_size):
         recorder = _Recorder(model)
-        sampler.sample(recorder, min(sampler.batch_size, cfg.trajectories - start), generator)
+        final = sampler.sample(
+            recorder, min(sampler.batch_size, cfg.trajectories - start), generator
+        )
         xs = torch.stack([x for x, _ in recorder.calls])  # [calls, b, ...]
         sigmas = torch.stack([s for _, s in recorder.calls])  # [calls, b]
         calls, b = sigmas.shape
@@ -189,6 +191,11 @@ def trajectory_states(exp, generator, log=None, classifiers=()) -> NoisyStates |
         keep = finite.expand_as(pick).reshape(-1)
         call = pick.reshape(-1)[keep]
         row = torch.arange(b).expand_as(pick).reshape(-1)[keep]
+        if cfg.infracting_repeats > 1:
+            bad = ~exp.label(final).valid  # [b]: flagged or non-finite
+            flagged += int((bad & finite).sum())
+            times = torch.where(bad[row], cfg.infracting_repeats, 1)
+            call, row = call.repeat_interleave(times), row.repeat_interleave(times)
         points = DataSplit(x=xs[call, row], cond=index_cond(recorder.cond, row))
         parts.append(NoisyStates(points, sigmas[call, row]))
     states = NoisyStates.cat(parts)
@@ -197,6 +204,11 @@ def trajectory_states(exp, generator, log=None, classifiers=()) -> NoisyStates |
             f"distill: {len(states)} states of {cfg.trajectories} {source} trajectories "
             f"({cfg.trajectory_states} each; {dropped} non-finite trajectories dropped)"
         )
+        if cfg.infracting_repeats > 1:
+            log(
+                f"distill: the states of the {flagged} trajectories whose sample the oracle "
+                f"flags kept {cfg.infracting_repeats} times (distill.infracting_repeats)"
+            )
     return states
 
 
