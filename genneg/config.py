@@ -235,6 +235,7 @@ class DistillConfig:
     #: times (``distill.trajectories``; ours): the regression's share of the states where
     #: the teacher's term is large and rare (an offroad car's road-edge push) grows, its
     #: optimum (the teacher wherever the states have support) does not change. 1: each once.
+    #: (3 on the SUMO stack: no better fit at the offroad cars; docs/traffic.md, session 21.)
     infracting_repeats: int = attrs.field(default=1, validator=_positive)
     #: Options that replace the denoiser's (``denoiser.options``) for the residual student's
     #: correction network: the correction is of the baseline's architecture with these
