@@ -441,27 +441,34 @@ def test_footprint_corner_reads_are_the_rectangles_own_grid_and_its_minimum():
         TrafficDenoiser(**SMALL, corners=True)
 
 
+def road_on_raster(sdf):
+    """``(normalizer, cond)`` for a ``[1, 1, 16, 16]`` signed distance (metres) on a raster
+    spanning [-40, 40]^2 m (5 m pixels), positions normalised with scales 10 / 20 m."""
+    from genneg_traffic.dataset import feature_frame, map_frame
+    from genneg_traffic.features import Normalizer
+
+    norm = Normalizer(mean=[5.0, -5.0, 4.0, 2.0, 0.0, 0.0, 0.0], std=[10.0, 20.0] + [1.0] * 5)
+    cond = dict(
+        map=(sdf > 0).to(torch.uint8),
+        map_frame=map_frame(norm, 80.0),
+        feature_frame=feature_frame(norm),
+        sdf=sdf,
+    )
+    return norm, cond
+
+
 def test_corner_logit_adds_a_monotone_term_of_the_rectangles_signed_distance():
     """``corner_logit``: each agent's logit is the backbone's plus ``softplus(a(t)) *
     asinh(d / 0.25 m)`` of the worst corner read ``d``; its input gradient is the signed
     distance's (it points onto the road); padded agents stay at zero; the option is
     by-agent and needs the footprint."""
-    from genneg_traffic.dataset import feature_frame, map_frame
-    from genneg_traffic.features import Normalizer
     from genneg_traffic.network import CornerLogit
 
     torch.manual_seed(0)
     net = TrafficClassifier("element", **FULL, corner_logit=True).eval()
-    R, window = 16, 80.0
-    centres = -40 + 5 * (torch.arange(R) + 0.5)
-    sdf = centres[None, :].expand(R, R)[None, None] / 2 - 4.75  # x / 2 - 4.75 metres
-    norm = Normalizer(mean=[5.0, -5.0, 4.0, 2.0, 0.0, 0.0, 0.0], std=[10.0, 20.0] + [1.0] * 5)
-    cond = dict(
-        map=(sdf > 0).to(torch.uint8),
-        map_frame=map_frame(norm, window),
-        feature_frame=feature_frame(norm),
-        sdf=sdf,
-    )
+    centres = -40 + 5 * (torch.arange(16) + 0.5)
+    sdf = centres[None, :].expand(16, 16)[None, None] / 2 - 4.75  # x / 2 - 4.75 metres
+    norm, cond = road_on_raster(sdf)
     # a 4 x 2 m car heading +y whose left side (x = 9) is 0.25 m off the road, and a padded one
     phys = torch.tensor([[[10.0, 0.0, 4.0, 2.0, 0.0, 1.0, 0.0], [20.0, 5.0, 4.0, 2.0, 1, 0, 0]]])
     x_in = torch.as_tensor(norm.normalize(phys.numpy()), dtype=torch.float32)
@@ -499,23 +506,11 @@ def test_corner_logit_adds_a_monotone_term_of_the_rectangles_signed_distance():
 
 
 def _planar_road():
-    """A signed distance planar in metres, ``0.3 x - 0.2 y + 1``, on an 80 m raster (bilinear
-    reads of it are exact everywhere), and a normalisation with position scales 10 / 20 m."""
-    from genneg_traffic.dataset import feature_frame, map_frame
-    from genneg_traffic.features import Normalizer
-
-    R, window = 16, 80.0
-    c = -40 + 5 * (torch.arange(R) + 0.5)
+    """A signed distance planar in metres, ``0.3 x - 0.2 y + 1``, on the 80 m raster of
+    :func:`road_on_raster` (bilinear reads of it are exact everywhere)."""
+    c = -40 + 5 * (torch.arange(16) + 0.5)
     y = c.flip(0)[:, None]  # row 0 is the top, the largest y (dataset.map_frame)
-    sdf = (0.3 * c[None, :] - 0.2 * y + 1.0)[None, None]
-    norm = Normalizer(mean=[5.0, -5.0, 4.0, 2.0, 0.0, 0.0, 0.0], std=[10.0, 20.0] + [1.0] * 5)
-    cond = dict(
-        map=(sdf > 0).to(torch.uint8),
-        map_frame=map_frame(norm, window),
-        feature_frame=feature_frame(norm),
-        sdf=sdf,
-    )
-    return norm, cond
+    return road_on_raster((0.3 * c[None, :] - 0.2 * y + 1.0)[None, None])
 
 
 def test_road_gradients_are_the_signed_distances_derivatives():
