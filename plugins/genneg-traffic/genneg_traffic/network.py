@@ -408,11 +408,17 @@ class Footprint(nn.Module):
         return out.permute(0, 2, 1, 3)  # [B, C, A, P] -> [B, A, C, P]
 
     @classmethod
+    def distance_reads(cls, pts, sdf, map_frame, feature_frame) -> torch.Tensor:
+        """``[B, A, P]``: the scaled signed distance (:func:`_distance_field`) read at the
+        physical points ``pts`` ``[B, A, P, 2]``."""
+        return cls._sample(_distance_field(sdf, pts.dtype), pts, map_frame, feature_frame)[:, :, 0]
+
+    @classmethod
     def corner_reads(cls, phys, sdf, map_frame, feature_frame) -> torch.Tensor:
         """``[B, A, 10]``: the scaled signed distance at the rectangle's :data:`CORNER_GRID`
         (no margin) and, last, their minimum (see the class docstring)."""
         pts = rectangle_points(phys, cls.CORNER_GRID, 0.0)
-        d = cls._sample(_distance_field(sdf, phys.dtype), pts, map_frame, feature_frame)[:, :, 0]
+        d = cls.distance_reads(pts, sdf, map_frame, feature_frame)
         return torch.cat([d, d.amin(-1, keepdim=True)], -1)
 
     def read(self, phys, raster, sdf, map_frame, feature_frame, lanes=None) -> torch.Tensor:
@@ -479,8 +485,7 @@ class RoadGradients(nn.Module):
         rectangle for features ``x_in`` ``[B, A, 7]``."""
         phys = physical(x_in, feature_frame)
         pts = torch.cat([rectangle_points(phys, g, m) for g, m in self.grids], -2)
-        field = _distance_field(sdf, x_in.dtype)
-        return Footprint._sample(field, pts, map_frame, feature_frame)[:, :, 0]
+        return Footprint.distance_reads(pts, sdf, map_frame, feature_frame)
 
     def directions(self, x_in, sdf, map_frame, feature_frame) -> torch.Tensor:
         """``[B, A, K, 7]``: ``grad_x d_k`` per agent, by central differences in each of
