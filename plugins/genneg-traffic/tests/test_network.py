@@ -441,9 +441,15 @@ def test_footprint_corner_reads_are_the_rectangles_own_grid_and_its_minimum():
         TrafficDenoiser(**SMALL, corners=True)
 
 
+#: The x coordinates (metres) of the pixel centres of :func:`road_on_raster`'s raster: 16
+#: pixels of 5 m spanning [-40, 40] m (the y coordinates are the same, top row largest).
+RASTER_CENTRES = -40 + 5 * (torch.arange(16) + 0.5)
+
+
 def road_on_raster(sdf):
     """``(normalizer, cond)`` for a ``[1, 1, 16, 16]`` signed distance (metres) on a raster
-    spanning [-40, 40]^2 m (5 m pixels), positions normalised with scales 10 / 20 m."""
+    spanning [-40, 40]^2 m (5 m pixels, :data:`RASTER_CENTRES`), positions normalised with
+    scales 10 / 20 m."""
     from genneg_traffic.dataset import feature_frame, map_frame
     from genneg_traffic.features import Normalizer
 
@@ -466,8 +472,7 @@ def test_corner_logit_adds_a_monotone_term_of_the_rectangles_signed_distance():
 
     torch.manual_seed(0)
     net = TrafficClassifier("element", **FULL, corner_logit=True).eval()
-    centres = -40 + 5 * (torch.arange(16) + 0.5)
-    sdf = centres[None, :].expand(16, 16)[None, None] / 2 - 4.75  # x / 2 - 4.75 metres
+    sdf = RASTER_CENTRES[None, :].expand(16, 16)[None, None] / 2 - 4.75  # x / 2 - 4.75 metres
     norm, cond = road_on_raster(sdf)
     # a 4 x 2 m car heading +y whose left side (x = 9) is 0.25 m off the road, and a padded one
     phys = torch.tensor([[[10.0, 0.0, 4.0, 2.0, 0.0, 1.0, 0.0], [20.0, 5.0, 4.0, 2.0, 1, 0, 0]]])
@@ -508,7 +513,7 @@ def test_corner_logit_adds_a_monotone_term_of_the_rectangles_signed_distance():
 def _planar_road():
     """A signed distance planar in metres, ``0.3 x - 0.2 y + 1``, on the 80 m raster of
     :func:`road_on_raster` (bilinear reads of it are exact everywhere)."""
-    c = -40 + 5 * (torch.arange(16) + 0.5)
+    c = RASTER_CENTRES
     y = c.flip(0)[:, None]  # row 0 is the top, the largest y (dataset.map_frame)
     return road_on_raster((0.3 * c[None, :] - 0.2 * y + 1.0)[None, None])
 
